@@ -1,0 +1,81 @@
+"""Frozen configuration of the engine (no torch here: the scheduler imports it).
+
+``EngineConfig`` is what users set (the CLI reads its defaults from the fields); values that
+depend on the model or the device (``max_model_len``, ``num_pages``) stay ``None`` until the
+runner resolves them, and ``SchedulerConfig`` carries only resolved numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICES = ("auto", "cpu", "cuda")
+_LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    num_pages: int  # KV pages, page 0 reserved as scratch
+    page_size: int  # tokens per page
+    max_model_len: int  # longest prompt + output of one request
+    max_num_seqs: int = 64  # requests running at once
+    max_num_batched_tokens: int = 2048  # tokens per step (the chunked-prefill budget)
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        assert self.num_pages >= 2, f"num_pages must be >= 2, got {self.num_pages}"
+        assert self.page_size >= 1, f"page_size must be >= 1, got {self.page_size}"
+        assert self.max_model_len >= 2, f"max_model_len must be >= 2, got {self.max_model_len}"
+        assert self.max_num_seqs >= 1, "max_num_seqs must be >= 1"
+        assert self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str | None = None  # path of an HF-format directory; None: the embedded default
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda when available
+    load_format: str = "auto"  # dummy: random weights from config.json alone
+    page_size: int = 16
+    num_pages: int | None = None  # None: from kv_cache_memory_gb (CPU) or free GPU memory
+    kv_cache_memory_gb: float = 1.0  # CPU KV budget when num_pages is None
+    gpu_memory_utilization: float = 0.85  # fraction of GPU memory for weights + KV
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {_DEVICES}, got {self.device!r}")
+        if self.load_format not in _LOAD_FORMATS:
+            raise ValueError(
+                f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        for name in ("page_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_pages is not None and self.num_pages < 2:
+            raise ValueError(f"num_pages must be at least 2, got {self.num_pages}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+
+    def replace(self, **changes: object) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+    def scheduler_config(self, num_pages: int, max_model_len: int) -> SchedulerConfig:
+        return SchedulerConfig(
+            num_pages=num_pages,
+            page_size=self.page_size,
+            max_model_len=max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_prefix_caching=self.enable_prefix_caching,
+        )

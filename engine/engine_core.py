@@ -1,0 +1,109 @@
+"""The engine loop body: validate and queue requests, then schedule → run → update per step."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.config import EngineConfig
+from engine.errors import ContextLengthError, InvalidRequestError
+from engine.model_runner import ModelRunner
+from engine.outputs import EngineOutput, TokenLogprob
+from engine.request import FinishReason, Request
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns the scheduler and the runner of one engine (one rank's worth of state)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.max_model_len = self.runner.max_model_len
+        self.vocab_size = self.runner.vocab_size
+        self.eos_token_ids = self.runner.eos_token_ids
+        self.scheduler = Scheduler(
+            config.scheduler_config(self.runner.num_pages, self.max_model_len)
+        )
+        self._requests: dict[str, Request] = {}
+
+    # ---------------------------------------------------------------- requests
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Validate and queue; raises ``InvalidRequestError`` and changes nothing on bad input."""
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
+        if not prompt_ids:
+            raise InvalidRequestError("prompt must contain at least one token", "prompt")
+        bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt holds token id {bad}, outside the vocabulary",
+                                      "prompt")
+        params.validate(self.vocab_size)
+        limit = self.scheduler.max_request_len
+        if len(prompt_ids) >= limit:
+            raise ContextLengthError(
+                f"this model's maximum context length is {limit} tokens, but the prompt has "
+                f"{len(prompt_ids)} tokens (at least one must be left to generate)"
+            )
+        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > limit:
+            raise ContextLengthError(
+                f"this model's maximum context length is {limit} tokens; the prompt has "
+                f"{len(prompt_ids)} tokens and max_tokens asks for {params.max_tokens} more",
+                param="max_tokens",
+            )
+        request = Request(request_id, prompt_ids, params, self.eos_token_ids, self.max_model_len)
+        self._requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> EngineOutput | None:
+        request = self.scheduler.abort(request_id)
+        self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        return self._output(request, [], None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -------------------------------------------------------------------- step
+    def step(self) -> list[EngineOutput]:
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty:
+            return []
+        sampled = self.runner.execute(sched_out)
+        token_ids = {rid: [t.token_id for t in tokens] for rid, tokens in sampled.items()}
+        num_before = {s.request.request_id: len(s.request.output_ids) for s in sched_out.requests}
+        outputs = []
+        for request in self.scheduler.update(sched_out, token_ids):
+            new_ids = request.output_ids[num_before[request.request_id] :]
+            outputs.append(self._output(request, new_ids, sampled[request.request_id]))
+            if request.is_finished:
+                del self._requests[request.request_id]
+        return outputs
+
+    def _output(self, request: Request, new_ids: list[int], sampled) -> EngineOutput:
+        logprobs = None
+        if request.params.logprobs is not None and sampled:
+            logprobs = [
+                TokenLogprob(t.token_id, t.logprob, list(t.top_logprobs or []))
+                for t in sampled[: len(new_ids)]
+            ]
+        reason = request.finish_reason
+        return EngineOutput(
+            request_id=request.request_id,
+            new_token_ids=new_ids,
+            logprobs=logprobs,
+            finish_reason=reason.value if isinstance(reason, FinishReason) else None,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+        )

@@ -1,0 +1,123 @@
+"""The engine process: one loop that receives requests over ZMQ, steps the engine, sends outputs.
+
+The loop blocks on its input socket only when it has nothing to run, so a busy engine never waits
+on the API process. A request the engine refuses gets ``RequestFailed``; an exception inside a
+step fails the requests of that step and the loop goes on. The process exits when told to, or
+when its parent disappears (it never outlives the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import msgspec
+import zmq
+
+from engine.config import EngineConfig
+from engine.errors import InvalidRequestError
+from engine.ipc import (
+    AbortRequests,
+    AddRequest,
+    EngineDead,
+    EngineReady,
+    EngineStats,
+    RequestFailed,
+    Shutdown,
+    StepOutputs,
+    ToEngine,
+)
+
+logger = logging.getLogger(__name__)
+_IDLE_POLL_MS = 500  # how often an idle engine checks that its parent is alive
+
+
+def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_level: str) -> None:
+    """Entry point of the engine process (spawned by the API process)."""
+    logging.basicConfig(level=log_level, format="%(levelname)s engine %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API process decides when we stop
+    parent = os.getppid()
+    ctx = zmq.Context()
+    inbox = ctx.socket(zmq.PULL)
+    inbox.connect(input_addr)
+    outbox = ctx.socket(zmq.PUSH)
+    outbox.connect(output_addr)
+    encoder = msgspec.msgpack.Encoder()
+    decoder = msgspec.msgpack.Decoder(ToEngine)
+    try:
+        from engine.engine_core import EngineCore
+
+        core = EngineCore(config)
+    except Exception as exc:  # e.g. a bad model path: tell the server, then exit
+        logger.exception("engine failed to start")
+        outbox.send(encoder.encode(EngineDead(f"engine failed to start: {exc}")))
+        outbox.close(linger=2000)
+        return
+    runner = core.runner
+    outbox.send(encoder.encode(EngineReady(
+        model_path=runner.model_path, max_model_len=core.scheduler.max_request_len,
+        vocab_size=core.vocab_size, eos_token_ids=list(core.eos_token_ids),
+        page_size=config.page_size, num_pages=runner.num_pages)))
+    loop = _Loop(core, outbox, encoder)
+    while True:
+        timeout = 0 if core.has_unfinished() else _IDLE_POLL_MS
+        if inbox.poll(timeout):
+            while True:
+                try:
+                    frame = inbox.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                message = decoder.decode(frame)
+                if isinstance(message, Shutdown):
+                    outbox.close(linger=1000)
+                    return
+                loop.handle(message)
+        elif os.getppid() != parent:
+            logger.warning("server process is gone; engine exiting")
+            return
+        if core.has_unfinished():
+            loop.step()
+
+
+class _Loop:
+    def __init__(self, core, outbox: zmq.Socket, encoder: msgspec.msgpack.Encoder) -> None:
+        self.core = core
+        self.outbox = outbox
+        self.encoder = encoder
+
+    def send(self, message) -> None:
+        self.outbox.send(self.encoder.encode(message))
+
+    def handle(self, message: AddRequest | AbortRequests) -> None:
+        if isinstance(message, AbortRequests):
+            outputs = [o for rid in message.request_ids if (o := self.core.abort(rid))]
+            if outputs:
+                self.send(StepOutputs(outputs, self.stats()))
+            return
+        try:
+            self.core.add_request(message.request_id, message.prompt_ids, message.params)
+        except InvalidRequestError as exc:
+            self.send(RequestFailed(message.request_id, exc.message, exc.param, exc.code))
+
+    def step(self) -> None:
+        try:
+            outputs = self.core.step()
+        except Exception as exc:  # never let one step kill the loop: fail what was running
+            logger.exception("engine step failed; failing the running requests")
+            for request in list(self.core.scheduler.running) + list(self.core.scheduler.waiting):
+                self.core.abort(request.request_id)
+                self.send(RequestFailed(request.request_id, f"engine error: {exc}",
+                                        server_error=True))
+            return
+        self.send(StepOutputs(outputs, self.stats()))
+
+    def stats(self) -> EngineStats:
+        sched = self.core.scheduler
+        return EngineStats(
+            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_free_pages=sched.pool.num_free, num_cached_pages=sched.cache.num_cached_pages,
+            num_total_pages=sched.pool.num_total,
+            num_computed_tokens=sched.stats.num_computed_tokens,
+            num_cached_tokens=sched.stats.num_cached_tokens,
+            num_preemptions=sched.stats.num_preemptions)

@@ -1,0 +1,20 @@
+"""Errors the engine raises to its callers; the server maps them to OpenAI-shaped responses."""
+
+from __future__ import annotations
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine refuses before it touches any state; ``param`` names the culprit."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or "invalid_value"
+
+
+class ContextLengthError(InvalidRequestError):
+    """The prompt (plus the requested output) does not fit the model's context window."""
+
+    def __init__(self, message: str, param: str = "messages") -> None:
+        super().__init__(message, param=param, code="context_length_exceeded")

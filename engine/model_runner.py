@@ -1,0 +1,128 @@
+"""Runs one scheduled step on the device: build the flat batch, forward, sample.
+
+The runner owns the model, the KV cache, the attention backend and the sampler; it never decides
+what to run (the scheduler does) and never touches page bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from engine.config import EngineConfig
+from engine.default_model import eos_token_ids, resolve_model
+from engine.loader import load_model
+from engine.sampler import SampledToken, Sampler, SampleRow, make_generator
+from engine.scheduler import SchedulerOutput
+from kernels.attention import AttentionBatch, KVCache, create_backend
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(config: EngineConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return torch.device(config.device)
+
+
+def resolve_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[config.dtype]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config)
+        self.dtype = resolve_dtype(config, self.device)
+        self.model_path = resolve_model(config.model)
+        torch.manual_seed(config.seed)
+        self.model, self.hf_config = load_model(
+            self.model_path, self.dtype, self.device, config.load_format
+        )
+        self.model.eval()
+        self.vocab_size = self.model.vocab_size
+        self.eos_token_ids = eos_token_ids(self.hf_config, self.model_path)
+        model_len = getattr(self.hf_config, "max_position_embeddings", None) or 4096
+        self.max_model_len = min(config.max_model_len or model_len, model_len)
+        self.num_pages = config.num_pages or self._auto_num_pages()
+        self.kv_cache = KVCache(
+            self.model.num_layers,
+            self.num_pages,
+            config.page_size,
+            self.model.num_kv_heads,
+            self.model.head_dim,
+            self.dtype,
+            self.device,
+        )
+        self.attn = create_backend(
+            config.attention_backend, self.kv_cache, self.model.num_heads, self.model.head_dim**-0.5
+        )
+        self.sampler = Sampler()
+        logger.info(
+            "model %s on %s (%s): %d KV pages of %d tokens, context %d",
+            self.model_path, self.device, self.dtype, self.num_pages, config.page_size,
+            self.max_model_len,
+        )
+
+    def _kv_bytes_per_token(self) -> int:
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        m = self.model
+        return 2 * m.num_layers * m.num_kv_heads * m.head_dim * itemsize
+
+    def _auto_num_pages(self) -> int:
+        bytes_per_page = self._kv_bytes_per_token() * self.config.page_size
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            reserve = total * (1.0 - self.config.gpu_memory_utilization)
+            budget = max(free - reserve, bytes_per_page * 2)
+        else:
+            budget = self.config.kv_cache_memory_gb * (1 << 30)
+        return max(2, int(budget // bytes_per_page))
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> dict[str, list[SampledToken]]:
+        """Run the step; returns the sampled token(s) of each request that samples."""
+        ps = self.config.page_size
+        if out.copies:
+            src = [p * ps + i for p, _, n in out.copies for i in range(n)]
+            dst = [p * ps + i for _, p, n in out.copies for i in range(n)]
+            self.kv_cache.copy_slots(self._tensor(src), self._tensor(dst))
+        input_ids, positions, slots = [], [], []
+        q_lens, kv_lens, page_table, sample_rows, samplers = [], [], [], [], []
+        for scheduled in out.requests:
+            request, start, n = scheduled.request, scheduled.start, scheduled.num_new_tokens
+            pages = request.page_ids
+            input_ids.extend(request.all_ids[start : start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(pages[pos // ps] * ps + pos % ps for pos in range(start, start + n))
+            q_lens.append(n)
+            kv_lens.append(start + n)
+            page_table.append(pages)
+            if scheduled.sample:
+                sample_rows.append(len(input_ids) - 1)
+                samplers.append(request)
+        self.attn.plan(AttentionBatch(q_lens, kv_lens, page_table, self._tensor(slots)))
+        hidden = self.model(self._tensor(input_ids), self._tensor(positions), self.attn)
+        if not samplers:
+            return {}
+        logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
+        rows = []
+        for request in samplers:
+            if request.sampler_state is None and request.params.seed is not None:
+                request.sampler_state = make_generator(request.params, self.device)
+            rows.append(
+                SampleRow(request.params, request.prompt_ids, request.output_ids,
+                          request.sampler_state)
+            )
+        tokens = self.sampler(logits, rows)
+        return {r.request_id: [t] for r, t in zip(samplers, tokens)}
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)

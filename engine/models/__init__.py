@@ -1,0 +1,1 @@
+"""Model definitions built from HF configs (our own modules, HF parameter names)."""

@@ -1,0 +1,78 @@
+"""Per-request sampling settings, validated once at admission."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from engine.errors import InvalidRequestError
+
+_MAX_LOGPROBS = 20
+_MIN_SEED = -(2**63)
+_MAX_SEED = 2**64 - 1
+
+
+class SamplingParams(msgspec.Struct, kw_only=True):
+    """How one request picks its tokens and when it stops.
+
+    ``temperature == 0`` means greedy. ``top_k == 0`` and ``top_p == 1`` and ``min_p == 0`` disable
+    those filters. ``logprobs`` is the number of top alternatives to report per token (``0`` reports
+    only the sampled token's log-probability; ``None`` reports nothing).
+    """
+
+    max_tokens: int | None = None  # None: until EOS or the context window is full
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0  # HF-style, over prompt and output tokens
+    frequency_penalty: float = 0.0  # OpenAI-style, over output tokens
+    presence_penalty: float = 0.0  # OpenAI-style, over output tokens
+    stop: list[str] = msgspec.field(default_factory=list)
+    stop_token_ids: list[int] = msgspec.field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise ``InvalidRequestError`` naming the first bad field; never mutates anything."""
+
+        def bad(param: str, why: str) -> InvalidRequestError:
+            return InvalidRequestError(f"{param} {why}", param=param)
+
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0 or self.temperature != self.temperature:
+            raise bad("temperature", f"must be between 0 and 2, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise bad("top_k", f"must be 0 (disabled) or positive, got {self.top_k}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise bad("min_p", f"must be in [0, 1], got {self.min_p}")
+        # Written as "not in range" so NaN, which fails every comparison, is refused too.
+        if not 0.0 < self.repetition_penalty < math.inf:
+            raise bad("repetition_penalty", f"must be positive, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:
+                raise bad(name, f"must be between -2 and 2, got {value}")
+        if self.seed is not None and not _MIN_SEED <= self.seed <= _MAX_SEED:
+            # torch.Generator.manual_seed refuses anything outside this range.
+            raise bad("seed", f"must fit in 64 bits, got {self.seed}")
+        if any(not s for s in self.stop):
+            raise bad("stop", "must not contain empty strings")
+        if len(self.stop) > 16:
+            raise bad("stop", f"allows at most 16 sequences, got {len(self.stop)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= _MAX_LOGPROBS:
+            raise bad("logprobs", f"must be between 0 and {_MAX_LOGPROBS}, got {self.logprobs}")
+        for token_id in self.stop_token_ids:
+            if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
+                raise bad("stop_token_ids", f"holds {token_id}, outside the vocabulary")

@@ -1,0 +1,232 @@
+"""Continuous batching with chunked prefill, prefix reuse and preemption (pure Python, no torch).
+
+Each step: running requests first (decodes and unfinished prefill chunks, in admission order),
+then waiting requests in arrival order, all under one token budget. A request that needs a page
+when none is free evicts unlocked cache pages; if that is not enough, the most recently admitted
+running request is preempted: its computed KV goes into the radix cache (where it usually survives
+to be matched again) and it returns to the head of the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.config import SchedulerConfig
+from engine.page_pool import PagePool
+from engine.radix_cache import RadixCache
+from engine.request import FinishReason, Request, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    start: int  # tokens already computed; this step computes positions start .. start + n - 1
+    num_new_tokens: int
+    sample: bool  # the step reaches the last known token, so the runner samples the next one
+
+
+@dataclass
+class SchedulerOutput:
+    requests: list[ScheduledRequest] = field(default_factory=list)
+    # Partial-page reuse to perform before the forward: copy the first n slots of src to dst.
+    copies: list[tuple[int, int, int]] = field(default_factory=list)  # (src_page, dst_page, n)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.requests)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.requests
+
+
+@dataclass
+class SchedulerStats:
+    num_computed_tokens: int = 0  # tokens run through the model (prefill + decode)
+    num_cached_tokens: int = 0  # tokens taken from the prefix cache at admission
+    num_preemptions: int = 0
+    num_evicted_pages: int = 0
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.pool = PagePool(config.num_pages, config.page_size)
+        self.cache = RadixCache(config.page_size)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.stats = SchedulerStats()
+
+    @property
+    def max_request_len(self) -> int:
+        """Longest prompt + output one request may reach: the context window or the pool."""
+        return min(self.config.max_model_len, self.pool.num_total * self.config.page_size)
+
+    def add(self, request: Request) -> None:
+        assert request.num_prompt_tokens < self.max_request_len, "caller validates prompt length"
+        request.max_len = min(request.max_len, self.max_request_len)
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, request_id: str) -> Request | None:
+        for queue in (self.waiting, self.running):
+            for request in queue:
+                if request.request_id == request_id:
+                    queue.remove(request)
+                    self._release(request)
+                    request.status = RequestStatus.FINISHED
+                    request.finish_reason = FinishReason.ABORT
+                    return request
+        return None
+
+    # ---------------------------------------------------------------- schedule
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            assert num_new > 0, f"running request with nothing to compute: {request}"
+            if not self._reserve(request, request.num_computed_tokens + num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+                continue
+            out.requests.append(self._scheduled(request, num_new))
+            budget -= num_new
+            i += 1
+        # Admitting while preempting would only thrash: the freed pages go to running requests.
+        while not preempted and self.waiting and budget > 0:
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            request = self.waiting[0]
+            num_new = self._admit(request, budget, out)
+            if num_new == 0:
+                break
+            self.waiting.popleft()
+            self.running.append(request)
+            out.requests.append(self._scheduled(request, num_new))
+            budget -= num_new
+        return out
+
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        self.stats.num_computed_tokens += num_new
+        return ScheduledRequest(request, start, num_new, start + num_new == request.num_tokens)
+
+    def _admit(self, request: Request, budget: int, out: SchedulerOutput) -> int:
+        """Match the cache, lock and allocate; returns the chunk size or 0 if it cannot start."""
+        ps = self.config.page_size
+        num_cached, shared, partial = 0, [], None
+        if self.config.enable_prefix_caching:
+            # Leave at least one token to compute: its logits give the next token.
+            match = self.cache.match_prefix(request.all_ids[: request.num_tokens - 1])
+            self.cache.lock(match.lock_node)
+            request.lock_node = match.lock_node
+            shared, num_cached = match.pages, match.num_tokens
+            if match.partial_len:
+                partial = (match.partial_page, match.partial_len)
+        request.page_ids = list(shared)
+        request.num_shared_pages = len(shared)
+        num_new = min(request.num_tokens - num_cached, budget)
+        first_own = len(request.page_ids)
+        if not self._reserve(request, num_cached + num_new):
+            self._release(request)
+            return 0
+        if partial is not None:
+            out.copies.append((partial[0], request.page_ids[first_own], partial[1]))
+        assert len(request.page_ids) * ps >= num_cached + num_new, "reservation too small"
+        request.num_computed_tokens = num_cached
+        if request.num_preemptions == 0:
+            request.num_cached_tokens = num_cached
+        self.stats.num_cached_tokens += num_cached
+        request.status = RequestStatus.RUNNING
+        return num_new
+
+    def _reserve(self, request: Request, num_tokens: int) -> bool:
+        """Grow ``request``'s page table to hold ``num_tokens``, evicting cache pages if needed."""
+        need = self.pool.pages_for(num_tokens) - len(request.page_ids)
+        if need <= 0:
+            return True
+        if self.pool.num_free < need:
+            if self.pool.num_free + self.cache.num_evictable_pages < need:
+                return False
+            freed = self.cache.evict(need - self.pool.num_free)
+            self.stats.num_evicted_pages += len(freed)
+            self.pool.free(freed)
+        request.page_ids.extend(self.pool.allocate(need))
+        return True
+
+    # ------------------------------------------------------------------ update
+    def update(self, out: SchedulerOutput, sampled: dict[str, list[int]]) -> list[Request]:
+        """Advance the scheduled requests by a finished step; returns those that got tokens."""
+        changed = []
+        for scheduled in out.requests:
+            request = scheduled.request
+            if request.is_finished:  # aborted while the step ran
+                continue
+            request.num_computed_tokens += scheduled.num_new_tokens
+            if not scheduled.sample:
+                continue
+            for token_id in sampled[request.request_id]:
+                request.append_token(token_id)
+                if request.finish_reason is not None:
+                    break
+            changed.append(request)
+            if request.finish_reason is not None:
+                self.running.remove(request)
+                self._release(request)
+                request.status = RequestStatus.FINISHED
+        return changed
+
+    def _preempt(self, request: Request) -> None:
+        logger.debug("preempting %s", request.request_id)
+        self._release(request)
+        request.status = RequestStatus.WAITING
+        request.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _release(self, request: Request) -> None:
+        """Give the request's pages back: computed KV to the cache, the rest to the pool."""
+        num_kv = request.num_computed_tokens
+        pages = request.page_ids
+        if self.config.enable_prefix_caching and num_kv > 0:
+            num_kv_pages = self.pool.pages_for(num_kv)
+            to_free = self.cache.insert(request.all_ids[:num_kv], pages[:num_kv_pages])
+            to_free += pages[num_kv_pages:]
+        else:
+            to_free = pages[request.num_shared_pages :]
+        self.pool.free(to_free)
+        if request.lock_node is not None:
+            self.cache.unlock(request.lock_node)
+        request.page_ids, request.num_shared_pages, request.lock_node = [], 0, None
+        request.num_computed_tokens = 0
+
+    # --------------------------------------------------------------- integrity
+    def check_integrity(self) -> None:
+        """free + cached + in-use pages == total, with no page counted twice."""
+        self.cache.check_integrity()
+        owned = [p for r in self.running for p in r.page_ids[r.num_shared_pages :]]
+        cached = self.cache.all_pages()
+        free = [p for p in range(1, self.pool.num_pages) if self.pool.is_free(p)]
+        assert len(free) == self.pool.num_free, "free-list size drifted"
+        assert len(set(owned)) == len(owned), "a page is owned by two requests"
+        every = set(owned) | set(cached) | set(free)
+        assert len(every) == len(owned) + len(cached) + len(free), "a page has two owners"
+        assert len(every) == self.pool.num_total, (
+            f"pages leaked: free {len(free)} + cached {len(cached)} + in use {len(owned)} "
+            f"!= total {self.pool.num_total}"
+        )
+        for request in self.waiting:
+            assert not request.page_ids and request.lock_node is None, "waiting request holds KV"

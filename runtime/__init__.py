@@ -1,0 +1,1 @@
+"""API process: FastAPI app, HTTP and WebSocket protocol, CLI, IPC client to the engine."""

@@ -1,0 +1,82 @@
+"""The ``agentspeed`` command line: ``chat`` (interactive, streamed) and, later, ``serve``.
+
+Defaults come from ``EngineConfig`` so the CLI and the library never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from engine.config import EngineConfig
+
+_ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
+                 "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
+                 "seed")
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    defaults = {f.name: f for f in dataclasses.fields(EngineConfig)}
+    for name in _ENGINE_FLAGS:
+        default = defaults[name].default
+        kind = int if name in ("page_size", "num_pages", "max_model_len", "max_num_seqs",
+                               "max_num_batched_tokens", "seed") else str
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                            help=f"(default: {default})")
+    parser.add_argument("--no-prefix-caching", action="store_true")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    kwargs = {name: getattr(args, name) for name in _ENGINE_FLAGS}
+    return EngineConfig(enable_prefix_caching=not args.no_prefix_caching, **kwargs)
+
+
+def chat(args: argparse.Namespace) -> int:
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    config = engine_config_from_args(args)
+    llm = LLM(**dataclasses.asdict(config))
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    print("agentspeed chat — empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        messages.append({"role": "user", "content": line})
+        reply = []
+        for out in llm.stream(llm.apply_chat_template(messages), params):
+            sys.stdout.write(out.delta_text)
+            sys.stdout.flush()
+            reply.append(out.delta_text)
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentspeed", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat_parser = sub.add_parser("chat", help="interactive chat with streamed tokens")
+    add_engine_args(chat_parser)
+    chat_parser.add_argument("--system", default=None, help="system prompt")
+    chat_parser.add_argument("--temperature", type=float, default=0.7)
+    chat_parser.add_argument("--max-tokens", type=int, default=512)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "chat":
+        return chat(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

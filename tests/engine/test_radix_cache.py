@@ -1,0 +1,116 @@
+"""Radix cache and page pool: exact page ids, partial pages, locks and LRU eviction order."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.page_pool import OutOfPagesError, PagePool
+from engine.radix_cache import RadixCache
+
+PS = 4
+
+
+def test_pool_hands_out_ascending_ids_and_reuses_freed_pages_first():
+    pool = PagePool(num_pages=6, page_size=PS)
+    assert pool.num_total == 5
+    assert pool.allocate(3) == [1, 2, 3]
+    pool.free([2])
+    assert pool.allocate(2) == [2, 4]
+    with pytest.raises(OutOfPagesError):
+        pool.allocate(2)
+    assert pool.num_free == 1
+    with pytest.raises(AssertionError, match="freed twice"):
+        pool.free([5])
+    assert pool.pages_for(0) == 0 and pool.pages_for(4) == 1 and pool.pages_for(5) == 2
+
+
+def test_insert_then_match_full_pages_and_partial_tail():
+    cache = RadixCache(PS)
+    tokens = list(range(10))  # 2 full pages + 2-token tail
+    assert cache.insert(tokens, [7, 8, 9]) == []
+    assert cache.num_cached_pages == 3 and cache.num_evictable_pages == 3
+
+    match = cache.match_prefix(tokens)
+    assert match.pages == [7, 8] and match.num_full_tokens == 8
+    assert (match.partial_page, match.partial_len) == (9, 2)
+    assert match.num_tokens == 10
+
+    # Diverges inside the tail after one token: reuse one slot of page 9.
+    match = cache.match_prefix(list(range(9)) + [99, 100])
+    assert match.pages == [7, 8] and (match.partial_page, match.partial_len) == (9, 1)
+
+    # Diverges inside the second page: one full page plus 3 slots copied from page 8.
+    match = cache.match_prefix([0, 1, 2, 3, 4, 5, 6, 42, 43])
+    assert match.pages == [7] and (match.partial_page, match.partial_len) == (8, 3)
+    assert match.lock_node is not match.node  # lock the child that owns page 8
+    cache.check_integrity()
+
+
+def test_insert_returns_duplicates_and_splits_at_page_boundaries():
+    cache = RadixCache(PS)
+    cache.insert(list(range(12)), [1, 2, 3])
+    # Same first page, then different: the node splits after page 1 and our copy of it is freed.
+    to_free = cache.insert([0, 1, 2, 3, 50, 51, 52, 53], [4, 5])
+    assert to_free == [4]
+    assert cache.match_prefix([0, 1, 2, 3, 50, 51, 52, 53, 9]).pages == [1, 5]
+    assert cache.match_prefix(list(range(12)) + [77]).pages == [1, 2, 3]
+    assert cache.num_cached_pages == 4
+    cache.check_integrity()
+
+
+def test_shorter_tail_is_kept_longer_tail_replaces_it_when_unlocked():
+    cache = RadixCache(PS)
+    cache.insert([0, 1, 2, 3, 4], [1, 2])
+    assert cache.insert([0, 1, 2, 3, 4, 5, 6], [1, 3]) == [2]  # longer tail wins, old page freed
+    assert cache.insert([0, 1, 2, 3, 4], [1, 4]) == [4]  # shorter one is not kept
+    match = cache.match_prefix([0, 1, 2, 3, 4, 5, 6, 7])
+    assert (match.partial_page, match.partial_len) == (3, 3)
+    # Less than one page overall is never cached.
+    assert cache.insert([9, 9], [6]) == [6]
+    cache.check_integrity()
+
+
+def test_locked_paths_survive_eviction_lru_order_otherwise():
+    cache = RadixCache(PS)
+    a = list(range(8))
+    b = [100 + t for t in range(8)]
+    c = [200 + t for t in range(8)]
+    cache.insert(a, [1, 2])
+    cache.insert(b, [3, 4])
+    cache.insert(c, [5, 6])
+    cache.match_prefix(a + [1])  # touch a: now b is least recently used
+    locked = cache.match_prefix(c + [1])
+    cache.lock(locked.lock_node)
+    assert cache.num_evictable_pages == 4
+    assert cache.evict(1) == [3, 4]  # the whole LRU leaf (b) goes
+    assert cache.evict(10) == [1, 2]  # c is locked
+    assert cache.num_evictable_pages == 0 and cache.num_cached_pages == 2
+    cache.unlock(locked.lock_node)
+    assert cache.evict(10) == [5, 6]
+    cache.check_integrity()
+
+
+def test_eviction_goes_leaf_first_then_parent_and_tails_of_internal_nodes():
+    cache = RadixCache(PS)
+    cache.insert([0, 1, 2, 3, 9], [1, 2])  # node [0..3] with tail (9)
+    cache.insert([0, 1, 2, 3, 4, 5, 6, 7], [1, 3])  # child [4..7]
+    # The internal node's tail is an eviction unit of its own; then the leaf, then the parent.
+    freed = cache.evict(1)
+    assert freed in ([2], [3])
+    rest = cache.evict(10)
+    assert sorted(freed + rest) == [1, 2, 3] and rest[-1] == 1
+    assert cache.num_cached_pages == 0
+    cache.check_integrity()
+
+
+def test_split_keeps_lock_counts_consistent():
+    cache = RadixCache(PS)
+    cache.insert(list(range(12)), [1, 2, 3])
+    match = cache.match_prefix(list(range(12)) + [5])
+    cache.lock(match.lock_node)
+    cache.match_prefix([0, 1, 2, 3, 4, 5, 6, 7, 70])  # splits the locked node
+    cache.check_integrity()
+    assert cache.evict(10) == []
+    cache.unlock(match.lock_node)
+    cache.check_integrity()
+    assert sorted(cache.evict(10)) == [1, 2, 3]
