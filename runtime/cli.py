@@ -18,6 +18,7 @@ _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pa
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="WARNING")
     defaults = {f.name: f for f in dataclasses.fields(EngineConfig)}
     for name in _ENGINE_FLAGS:
         default = defaults[name].default
@@ -62,19 +63,42 @@ def chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.app import create_app
+    from runtime.state import ServerConfig
+
+    config = ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key or ()),
+                          served_model_name=args.served_model_name,
+                          log_level=args.log_level.upper())
+    app = create_app(config, engine_config_from_args(args))
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
+                ws_max_size=4 * config.max_body_bytes, timeout_graceful_shutdown=10)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentspeed", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     chat_parser = sub.add_parser("chat", help="interactive chat with streamed tokens")
     add_engine_args(chat_parser)
     chat_parser.add_argument("--system", default=None, help="system prompt")
     chat_parser.add_argument("--temperature", type=float, default=0.7)
     chat_parser.add_argument("--max-tokens", type=int, default=512)
+    serve_parser = sub.add_parser("serve", help="OpenAI-compatible HTTP + WebSocket server")
+    add_engine_args(serve_parser)
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--api-key", action="append", default=None,
+                              help="accepted bearer key (repeatable); none: no auth")
+    serve_parser.add_argument("--served-model-name", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "chat":
         return chat(args)
+    if args.command == "serve":
+        return serve(args)
     return 2
 
 

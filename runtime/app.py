@@ -1,0 +1,163 @@
+"""The FastAPI application: lifespan (engine process), auth, limits, errors, routes.
+
+Every failure leaves as an OpenAI-shaped error (``{"error": {...}}``) with its HTTP status; an
+unexpected exception is a 500 with a generic message and a log line, never a dead server.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.config import EngineConfig
+from engine.default_model import eos_token_ids
+from engine.loader import load_config
+from engine.tokenizer import load_tokenizer
+from runtime.engine_client import EngineClient
+from runtime.protocol.errors import APIError, authentication, error_body, server_error
+from runtime.state import ServerConfig, ServerState
+from sessions.manager import SessionManager, owner_of
+from sessions.stores.memory import MemoryStore
+from tools.render import ChatRenderer
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(error_body(err), status_code=err.status)
+
+
+def api_key_of(headers) -> str | None:
+    auth = headers.get("authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def check_key(config: ServerConfig, key: str | None) -> None:
+    """Raise 401 unless auth is off or ``key`` is one of the configured keys."""
+    if not config.api_keys:
+        return
+    if key is None or not any(secrets.compare_digest(key, k) for k in config.api_keys):
+        raise authentication()
+
+
+def owner(config: ServerConfig, headers) -> str:
+    return owner_of(api_key_of(headers)) if config.api_keys else ""
+
+
+async def build_state(config: ServerConfig, engine_config: EngineConfig) -> ServerState:
+    engine = EngineClient(engine_config, log_level=config.log_level)
+    ready = await engine.start()
+    tokenizer = load_tokenizer(ready.model_path)
+    eot = eos_token_ids(load_config(ready.model_path), ready.model_path)[0]
+    return ServerState(
+        config=config, engine=engine, ready=ready, tokenizer=tokenizer,
+        renderer=ChatRenderer(tokenizer, eot),
+        sessions=SessionManager(MemoryStore(), lease_s=config.lease_s))
+
+
+def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
+    from runtime import chat, responses, ws
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.server = await build_state(config, engine_config)
+        logger.warning("serving %s on http://%s:%d", app.state.server.model_name, config.host,
+                       config.port)
+        try:
+            yield
+        finally:
+            await app.state.server.engine.shutdown()
+
+    app = FastAPI(title="agentspeed", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        try:
+            if request.url.path.startswith("/v1/"):
+                check_key(config, api_key_of(request.headers))
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+                raise APIError(413, f"Request body exceeds {config.max_body_bytes} bytes.",
+                               param=None, code="request_too_large")
+            return await call_next(request)
+        except APIError as err:
+            return error_response(err)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, err: APIError):
+        return error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(APIError(exc.status_code, str(exc.detail), kind))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        logger.exception("unexpected error on %s", request.url.path)
+        return error_response(server_error())
+
+    @app.get("/health")
+    async def health(request: Request):
+        state: ServerState = request.app.state.server
+        if not state.engine.is_alive:
+            return JSONResponse({"status": "engine_dead"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        state: ServerState = request.app.state.server
+        return {"object": "list", "data": [{
+            "id": state.model_name, "object": "model", "created": int(time.time()),
+            "owned_by": "agentspeed", "max_model_len": state.ready.max_model_len}]}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        state: ServerState = request.app.state.server
+        return Response(state.metrics.render(state.engine.stats),
+                        media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await chat.handle(request.app.state.server, await _body(request, config))
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request):
+        state = request.app.state.server
+        return await responses.handle_http(state, await _body(request, config),
+                                           owner(config, request.headers))
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(request: Request, response_id: str):
+        state = request.app.state.server
+        return await responses.get(state, response_id, owner(config, request.headers))
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str):
+        state = request.app.state.server
+        return await responses.delete(state, response_id, owner(config, request.headers))
+
+    @app.websocket("/v1/responses")
+    async def responses_socket(websocket: WebSocket):
+        await ws.serve_socket(websocket.app.state.server, websocket)
+
+    return app
+
+
+async def _body(request: Request, config: ServerConfig) -> bytes:
+    """The request body, refused past the size limit even without a Content-Length."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > config.max_body_bytes:
+            raise APIError(413, f"Request body exceeds {config.max_body_bytes} bytes.",
+                           code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)

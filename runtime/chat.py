@@ -1,0 +1,143 @@
+"""``POST /v1/chat/completions``: streaming (SSE) and not, with tool calls and usage."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.responses import Response, StreamingResponse
+
+from runtime import convert
+from runtime.generation import Finished, generate
+from runtime.guard import generation_slot, sampling_for_tools
+from runtime.logprobs import chat_logprobs
+from runtime.protocol import chat as t
+from runtime.protocol.codec import decode_request, encode_json
+from runtime.protocol.errors import not_found
+from runtime.state import ServerState
+from tools.parsers.base import TextDelta, ToolCallArgsDelta, ToolCallStart
+
+
+async def handle(state: ServerState, body: bytes) -> Response:
+    request = decode_request(body, t.ChatCompletionRequest)
+    if not state.accepts_model(request.model):
+        raise not_found(f"The model '{request.model}' does not exist.", "model",
+                        "model_not_found")
+    messages = convert.chat_messages(request)
+    tools = convert.chat_tools(request)
+    choice = request.tool_choice or ("auto" if tools else "none")
+    params = convert.chat_sampling(request)
+    params, parser = sampling_for_tools(state, params, tools, _choice_name(choice),
+                                        _response_format(request))
+    prompt_ids = _render(state, messages, tools if choice != "none" else [])
+    convert.check_fits(state, prompt_ids, params, "messages",
+                       "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
+    completion_id = "chatcmpl-" + secrets.token_hex(12)
+    events = generate(state.engine, state.tokenizer, completion_id, prompt_ids, params, parser)
+    if request.stream:
+        slot = generation_slot(state, "chat")
+        await slot.__aenter__()  # 429 before the stream starts, not inside it
+        return StreamingResponse(_stream(state, request, completion_id, events, slot),
+                                 media_type="text/event-stream")
+    async with generation_slot(state, "chat"):
+        final = None
+        async for event in events:
+            if isinstance(event, Finished):
+                final = event
+    return Response(encode_json(_completion(state, request, completion_id, final)),
+                    media_type="application/json")
+
+
+def _render(state: ServerState, messages, tools) -> list[int]:
+    from tools.render import RenderError
+
+    try:
+        return state.renderer.render(messages, tools or None)
+    except RenderError as exc:
+        raise convert.invalid(str(exc), "messages") from None
+
+
+def _choice_name(choice) -> str:
+    if isinstance(choice, str):
+        return choice
+    return "function:" + choice.function.name
+
+
+def _response_format(request: t.ChatCompletionRequest):
+    fmt = request.response_format
+    if isinstance(fmt, t.ResponseFormatJSONObject):
+        return ("json_object", None)
+    if isinstance(fmt, t.ResponseFormatJSONSchema):
+        return ("json_schema", fmt.json_schema.schema or {})
+    return None
+
+
+def _finish_reason(final: Finished) -> str:
+    if final.tool_calls and final.finish_reason == "stop":
+        return "tool_calls"
+    return "length" if final.finish_reason == "length" else "stop"
+
+
+def _usage(final: Finished) -> t.Usage:
+    return t.Usage.of(final.prompt_tokens, final.completion_tokens, final.cached_tokens)
+
+
+def _completion(state: ServerState, request, completion_id: str, final: Finished):
+    calls = [t.ToolCall(id=c.call_id, function=t.FunctionCall(name=c.name, arguments=c.arguments))
+             for c in final.tool_calls]
+    message = t.ChatCompletionMessage(content=final.text if final.text or not calls else None)
+    if calls:
+        message.tool_calls = calls
+    logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
+    choice = t.Choice(index=0, message=message, finish_reason=_finish_reason(final),
+                      logprobs=logprobs)
+    state.metrics.requests.labels("chat", "ok").inc()
+    return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
+                            choices=[choice], usage=_usage(final))
+
+
+async def _stream(state, request, completion_id, events, slot) -> AsyncIterator[bytes]:
+    created, model = int(time.time()), state.model_name
+    include_usage = request.include_usage
+
+    def chunk(delta: t.ChoiceDelta, finish=None, logprobs=None) -> bytes:
+        c = t.ChatCompletionChunk(
+            id=completion_id, created=created, model=model,
+            choices=[t.ChunkChoice(index=0, delta=delta, finish_reason=finish,
+                                   logprobs=logprobs)])
+        if include_usage:
+            c.usage = None
+        return b"data: " + encode_json(c) + b"\n\n"
+
+    try:
+        yield chunk(t.ChoiceDelta(role="assistant", content=""))
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield chunk(t.ChoiceDelta(content=event.text))
+            elif isinstance(event, ToolCallStart):
+                yield chunk(t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
+                    index=event.index, id=event.call_id, type="function",
+                    function=t.DeltaFunction(name=event.name, arguments=""))]))
+            elif isinstance(event, ToolCallArgsDelta):
+                yield chunk(t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
+                    index=event.index, function=t.DeltaFunction(arguments=event.delta))]))
+            elif isinstance(event, Finished):
+                logprobs = (chat_logprobs(state.tokenizer, event.logprobs)
+                            if request.logprobs else None)
+                yield chunk(t.ChoiceDelta(), _finish_reason(event), logprobs)
+                if include_usage:
+                    last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
+                                                 choices=[], usage=_usage(event))
+                    yield b"data: " + encode_json(last) + b"\n\n"
+        state.metrics.requests.labels("chat", "ok").inc()
+    except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
+        from runtime.guard import api_error_of
+
+        err = api_error_of(exc)
+        state.metrics.requests.labels("chat", "error").inc()
+        yield b"data: " + encode_json({"error": {"message": err.message, "type": err.type,
+                                                 "param": err.param, "code": err.code}}) + b"\n\n"
+    finally:
+        await slot.__aexit__(None, None, None)
+    yield b"data: [DONE]\n\n"

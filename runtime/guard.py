@@ -1,0 +1,76 @@
+"""Admission and error mapping shared by the protocol handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.sampling_params import SamplingParams
+from runtime.engine_client import EngineError
+from runtime.protocol.errors import APIError, invalid, rate_limited, server_error
+from runtime.state import ServerState
+from sessions.manager import ResponseNotFoundError
+from sessions.stores.base import StoreUnavailableError
+from tools.parsers.base import ToolCallParser, get_parser
+
+logger = logging.getLogger(__name__)
+
+
+def api_error_of(exc: BaseException) -> APIError:
+    """The client-facing error for anything a generation can raise."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineError):
+        if exc.server_error:
+            return server_error("The engine failed while running this request.")
+        return APIError(400, exc.message, "invalid_request_error", exc.param, exc.code)
+    if isinstance(exc, ResponseNotFoundError):
+        return invalid(str(exc), "previous_response_id", "previous_response_not_found")
+    if isinstance(exc, StoreUnavailableError):
+        return APIError(503, "The session store is unavailable; retry shortly.", "server_error",
+                        None, "session_store_unavailable")
+    logger.error("unexpected error in a generation", exc_info=exc)
+    return server_error()
+
+
+class generation_slot:  # noqa: N801 - used like a function: `async with generation_slot(...)`
+    """Counts a generation against the server's limit; maps engine errors to ``APIError``."""
+
+    def __init__(self, state: ServerState, endpoint: str) -> None:
+        self.state, self.endpoint, self.entered = state, endpoint, False
+
+    async def __aenter__(self) -> generation_slot:
+        state = self.state
+        if state.in_flight >= state.config.max_concurrent_requests:
+            state.metrics.requests.labels(self.endpoint, "rejected").inc()
+            raise rate_limited("Too many concurrent requests; retry shortly.")
+        if not state.engine.is_alive:
+            raise server_error("The engine is not running.")
+        state.in_flight += 1
+        self.entered = True
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        if self.entered:
+            self.state.in_flight -= 1
+            self.entered = False
+        if exc is not None and not isinstance(exc, APIError) and isinstance(exc, Exception):
+            self.state.metrics.requests.labels(self.endpoint, "error").inc()
+            raise api_error_of(exc) from exc
+        return False
+
+
+def sampling_for_tools(state: ServerState, params: SamplingParams, tools: list[dict],
+                       choice: str, response_format) -> tuple[SamplingParams,
+                                                              ToolCallParser | None]:
+    """Pick the tool-call parser for a request (constrained decoding is attached here too)."""
+    if choice not in ("auto", "none", "required") and not choice.startswith("function:"):
+        raise invalid(f"unknown tool_choice {choice!r}", "tool_choice")
+    if choice.startswith("function:"):
+        name = choice.removeprefix("function:")
+        if name not in {t["name"] for t in tools}:
+            raise invalid(f"tool_choice names {name!r}, which is not among the tools",
+                          "tool_choice")
+    if choice == "required" and not tools:
+        raise invalid("tool_choice 'required' needs at least one tool", "tool_choice")
+    parser = get_parser("hermes")() if tools and choice != "none" else None
+    return params, parser

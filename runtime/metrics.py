@@ -1,0 +1,61 @@
+"""Prometheus metrics of one API process (its own registry, so several apps can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from engine.ipc import EngineStats
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("agentspeed_requests", "Requests by endpoint and outcome",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("agentspeed_prompt_tokens", "Prompt tokens", registry=r)
+        self.cached_tokens = Counter("agentspeed_cached_prompt_tokens",
+                                     "Prompt tokens served from the prefix cache", registry=r)
+        self.generated_tokens = Counter("agentspeed_generated_tokens", "Generated tokens",
+                                        registry=r)
+        self.ttft = Histogram("agentspeed_time_to_first_token_seconds", "Time to first token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("agentspeed_inter_token_latency_seconds",
+                             "Mean time between tokens of a request", buckets=_LATENCY_BUCKETS,
+                             registry=r)
+        self.running = Gauge("agentspeed_running_requests", "Requests running", registry=r)
+        self.waiting = Gauge("agentspeed_waiting_requests", "Requests waiting", registry=r)
+        self.kv_pages = Gauge("agentspeed_kv_pages", "KV cache pages by state", ["state"],
+                              registry=r)
+        self.kv_usage = Gauge("agentspeed_kv_cache_usage_ratio",
+                              "Fraction of KV pages in use by requests", registry=r)
+        self.preemptions = Gauge("agentspeed_preemptions", "Preemptions so far", registry=r)
+        self.connections = Gauge("agentspeed_websocket_connections", "Open WebSockets",
+                                 registry=r)
+
+    def observe_engine(self, stats: EngineStats | None) -> None:
+        if stats is None:
+            return
+        in_use = stats.num_total_pages - stats.num_free_pages - stats.num_cached_pages
+        self.running.set(stats.num_running)
+        self.waiting.set(stats.num_waiting)
+        self.kv_pages.labels("free").set(stats.num_free_pages)
+        self.kv_pages.labels("cached").set(stats.num_cached_pages)
+        self.kv_pages.labels("in_use").set(in_use)
+        self.kv_usage.set(in_use / max(1, stats.num_total_pages))
+        self.preemptions.set(stats.num_preemptions)
+
+    def observe_finished(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
+                         ttft_s: float | None, decode_s: float | None) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        self.cached_tokens.inc(cached_tokens)
+        self.generated_tokens.inc(completion_tokens)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        if decode_s is not None and completion_tokens > 1:
+            self.itl.observe(decode_s / (completion_tokens - 1))
+
+    def render(self, stats: EngineStats | None) -> bytes:
+        self.observe_engine(stats)
+        return generate_latest(self.registry)

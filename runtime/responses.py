@@ -1,0 +1,177 @@
+"""``/v1/responses`` over HTTP (JSON or SSE): one turn of a session, and GET / DELETE by id.
+
+A continuation (``previous_response_id``) is the previous turn's exact tokens plus the rendering
+of only the new input items, so the whole history is a cache hit whatever the chat template
+would re-render. A finished turn stores its tokens (prompt + output + end-of-turn).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from fastapi.responses import Response, StreamingResponse
+
+from engine.sampling_params import SamplingParams
+from runtime import convert
+from runtime.generation import Finished, generate
+from runtime.guard import api_error_of, generation_slot, sampling_for_tools
+from runtime.protocol import responses as r
+from runtime.protocol.codec import decode_request, encode_json
+from runtime.protocol.errors import APIError, invalid, not_found
+from runtime.response_stream import ResponseStream
+from runtime.state import ServerState
+from sessions.manager import ResponseNotFoundError, new_response_id
+from sessions.record import ResponseRecord
+from sessions.stores.memory import MemoryStore
+from tools.parsers.base import ToolCallParser
+from tools.render import RenderError
+
+
+@dataclass
+class Turn:
+    request: r.ResponseCreateRequest
+    response_id: str
+    owner: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    parser: ToolCallParser | None
+    tools: list[dict]
+
+
+async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: str,
+                  local: MemoryStore | None = None) -> Turn:
+    """Validate and render one turn; raises ``APIError`` before anything runs."""
+    if not state.accepts_model(request.model):
+        raise not_found(f"The model '{request.model}' does not exist.", "model",
+                        "model_not_found")
+    tools = convert.response_tools(request)
+    generate_now = bool(request.generate)
+    try:
+        if request.previous_response_id:
+            try:
+                prev = await state.sessions.resolve(request.previous_response_id, owner, local)
+            except ResponseNotFoundError as exc:
+                raise api_error_of(exc) from None
+            tools = tools or list(prev.tools or [])
+            messages = convert.response_messages(request, with_instructions=False)
+            prompt_ids = prev.token_ids + state.renderer.render_continuation(
+                messages, tools or None, after_end_of_turn=prev.ends_with_end_of_turn,
+                add_generation_prompt=generate_now)
+        else:
+            messages = convert.response_messages(request, with_instructions=True)
+            if not messages:
+                raise invalid("Provide 'input' (or 'instructions' with generate=false).",
+                              "input", "missing_required_parameter")
+            prompt_ids = state.renderer.render(messages, tools or None,
+                                               add_generation_prompt=generate_now)
+    except RenderError as exc:
+        raise invalid(str(exc), "input") from None
+    params = convert.response_sampling(request)
+    choice = request.tool_choice or "auto"
+    choice_name = choice if isinstance(choice, str) else "function:" + choice.name
+    fmt = request.text.format if request.text else None
+    response_format = None
+    if isinstance(fmt, r.FormatJSONObject):
+        response_format = ("json_object", None)
+    elif isinstance(fmt, r.FormatJSONSchema):
+        response_format = ("json_schema", fmt.schema)
+    params, parser = sampling_for_tools(state, params, tools, choice_name, response_format)
+    if not generate_now:
+        params = SamplingParams(max_tokens=1, temperature=0.0)  # prefill only; output dropped
+    convert.check_fits(state, prompt_ids, params, "input", "max_output_tokens")
+    return Turn(request, new_response_id(), owner, prompt_ids, params, parser, tools)
+
+
+async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
+              local: MemoryStore | None = None) -> AsyncIterator[msgspec.Struct]:
+    """Events of one turn, ending in completed / incomplete / failed; saves the session."""
+    response = r.Response.start(turn.request, response_id=turn.response_id,
+                                model=state.model_name, created_at=int(time.time()))
+    stream = ResponseStream(response, stream_id)
+    for event in stream.start():
+        yield event
+    start = time.monotonic()
+    final: Finished | None = None
+    try:
+        async with generation_slot(state, "responses"):
+            events = generate(state.engine, state.tokenizer, turn.response_id, turn.prompt_ids,
+                              turn.params, turn.parser if turn.request.generate else None)
+            async for event in events:
+                if isinstance(event, Finished):
+                    final = event
+                elif turn.request.generate:
+                    for out in stream.on(event):
+                        yield out
+    except APIError as err:
+        for out in stream.fail(err.message):
+            yield out
+        return
+    assert final is not None
+    if not turn.request.generate:  # a preparation: nothing was generated as far as clients see
+        final = Finished([], "", [], "stop", final.prompt_tokens, final.cached_tokens)
+    for out in stream.finish(final):
+        yield out
+    state.metrics.requests.labels("responses", "ok").inc()
+    ttft = final.first_token_time - start if final.first_token_time else None
+    state.metrics.observe_finished(final.prompt_tokens, final.cached_tokens,
+                                   final.completion_tokens, ttft, time.monotonic() - start)
+    await save(state, turn, final, response, local)
+
+
+async def save(state: ServerState, turn: Turn, final: Finished, response: r.Response,
+               local: MemoryStore | None) -> None:
+    tokens = turn.prompt_ids + final.output_ids
+    ends = bool(turn.request.generate)
+    eot = state.renderer.end_of_turn_id
+    if ends and (not final.output_ids or final.output_ids[-1] != eot):
+        tokens.append(eot)  # cut by length or a stop string: close the turn as the template does
+    record = ResponseRecord(
+        response_id=turn.response_id, owner=turn.owner, model=state.model_name,
+        created_at=time.time(), token_ids=tokens, ends_with_end_of_turn=ends,
+        previous_response_id=turn.request.previous_response_id,
+        instructions=turn.request.instructions, tools=turn.tools or None,
+        store=bool(turn.request.store), response_json=encode_json(response))
+    await state.sessions.save(record, local)
+
+
+# ---------------------------------------------------------------------------------- HTTP
+async def handle_http(state: ServerState, body: bytes, owner: str) -> Response:
+    request = decode_request(body, r.ResponseCreateRequest)
+    if request.stream_id is not None:
+        raise invalid("stream_id is only meaningful over the WebSocket", "stream_id")
+    turn = await prepare(state, request, owner)
+    if request.stream:
+        return StreamingResponse(_sse(run(state, turn)), media_type="text/event-stream")
+    last = None
+    async for event in run(state, turn):
+        last = event
+    response = last.response
+    if response.status == "failed":
+        raise APIError(500, response.error.message, "server_error", None, "server_error")
+    return Response(encode_json(response), media_type="application/json")
+
+
+async def _sse(events: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    async for event in events:
+        kind = type(event).__struct_config__.tag
+        yield b"event: " + kind.encode() + b"\ndata: " + encode_json(event) + b"\n\n"
+
+
+async def get(state: ServerState, response_id: str, owner: str) -> Response:
+    try:
+        record = await state.sessions.get(response_id, owner)
+    except ResponseNotFoundError:
+        raise not_found(f"Response with id '{response_id}' not found.", "response_id") from None
+    return Response(record.response_json, media_type="application/json")
+
+
+async def delete(state: ServerState, response_id: str, owner: str) -> dict:
+    try:
+        await state.sessions.delete(response_id, owner)
+    except ResponseNotFoundError:
+        raise not_found(f"Response with id '{response_id}' not found.", "response_id") from None
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
+

@@ -1,0 +1,1 @@
+"""Session stores behind one contract, chosen by URL."""

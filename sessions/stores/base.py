@@ -1,0 +1,29 @@
+"""The session store contract: response records by id, with a time-to-live.
+
+Implementations are async and safe to share by all requests of one API process. ``get`` of a
+missing or expired id returns None; ``put`` overwrites; TTLs follow the session's lease.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from sessions.record import ResponseRecord
+
+
+class StoreUnavailableError(RuntimeError):
+    """The backing store cannot be reached; the request fails fast and may be retried."""
+
+
+class SessionStore(ABC):
+    @abstractmethod
+    async def get(self, response_id: str) -> ResponseRecord | None: ...
+
+    @abstractmethod
+    async def put(self, record: ResponseRecord, ttl_s: float | None) -> None: ...
+
+    @abstractmethod
+    async def delete(self, response_id: str) -> bool: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass

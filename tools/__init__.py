@@ -1,0 +1,1 @@
+"""Chat templates, tool schemas, streaming tool-call parsers and constrained-decoding glue."""

@@ -1,0 +1,35 @@
+"""Streaming tool-call parsers, picked by name with ``get_parser``."""
+
+from tools.parsers.base import (
+    ParsedOutput,
+    ParsedToolCall,
+    ParserEvent,
+    TextDelta,
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallParser,
+    ToolCallStart,
+    available_parsers,
+    fold_events,
+    get_parser,
+    new_call_id,
+    register_parser,
+)
+from tools.parsers.hermes import HermesToolParser
+
+__all__ = [
+    "HermesToolParser",
+    "ParsedOutput",
+    "ParsedToolCall",
+    "ParserEvent",
+    "TextDelta",
+    "ToolCallArgsDelta",
+    "ToolCallEnd",
+    "ToolCallParser",
+    "ToolCallStart",
+    "available_parsers",
+    "fold_events",
+    "get_parser",
+    "new_call_id",
+    "register_parser",
+]
