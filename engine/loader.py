@@ -1,22 +1,30 @@
-"""Build a model from an HF-format directory: config via transformers, weights via safetensors."""
+"""Build a model from an HF-format directory: config via transformers, weights via safetensors.
+
+``load_format="auto"`` streams every ``*.safetensors`` shard tensor by tensor into the model
+(built directly on the target device); ``"dummy"`` reads only ``config.json`` and fills random
+weights of a realistic scale, for speed work without a checkpoint.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from engine.default_model import eos_token_ids
 from engine.models.registry import model_class
 
 logger = logging.getLogger(__name__)
 
 
 def load_config(path: str) -> Any:
+    """The ``transformers.PretrainedConfig`` of a model directory; ``ValueError`` if unreadable."""
     from transformers import AutoConfig
 
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -28,9 +36,16 @@ def load_config(path: str) -> Any:
 
 
 def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, CPU tensor) of every tensor in every shard, one at a time (bounded memory)."""
     from safetensors import safe_open
 
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index_file):  # sharded: the index names the shards (ignore stray files)
+        with open(index_file) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(path, shard) for shard in shards]
+    else:
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
         raise ValueError(f"no *.safetensors files in {path!r}")
     for file in files:
@@ -51,9 +66,19 @@ def _init_dummy(model: nn.Module, seed: int, device: torch.device) -> None:
                 param.copy_(0.02 * noise)
 
 
-def load_model(path: str, dtype: torch.dtype, device: torch.device | str,
-               load_format: str = "auto", seed: int = 0) -> tuple[nn.Module, Any]:
-    """Instantiate the right class for ``path``'s config and fill its weights."""
+def load_model(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    load_format: Literal["auto", "dummy"] = "auto",
+    seed: int = 0,
+) -> tuple[nn.Module, Any]:
+    """Instantiate the right class for ``path``'s config and fill its weights.
+
+    Returns ``(model, config)``; the model is in eval mode without gradients.
+    """
+    if load_format not in ("auto", "dummy"):
+        raise ValueError(f"unknown load_format {load_format!r} (choose 'auto' or 'dummy')")
     config = load_config(path)
     cls = model_class(config)
     device = torch.device(device)
@@ -61,9 +86,10 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device | str,
         model = cls(config, dtype=dtype)
     if load_format == "dummy":
         _init_dummy(model, seed, device)
-    elif load_format == "auto":
-        model.load_weights(iter_safetensors(path))
     else:
-        raise ValueError(f"unknown load_format {load_format!r}")
-    logger.info("loaded %s (%s) from %s", cls.__name__, load_format, path)
+        model.load_weights(iter_safetensors(path))
+    model.requires_grad_(False).eval()
+    # generation_config.json may add end-of-turn ids that config.json lacks.
+    model.eos_token_ids = eos_token_ids(config, path)
+    logger.info("loaded %s (%s, %s) from %s", cls.__name__, load_format, dtype, path)
     return model, config

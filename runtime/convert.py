@@ -125,8 +125,11 @@ def _sampling(max_tokens: tuple[str, int | None], **fields: Any) -> SamplingPara
         params = SamplingParams(max_tokens=max_value, **kwargs)
         params.validate()
     except InvalidRequestError as exc:
-        param = max_param if exc.param == "max_tokens" else exc.param
-        raise invalid(exc.message.replace("max_tokens", max_param), param) from None
+        # The engine's field names, spelled as the wire protocol spells them.
+        renames = {"max_tokens": max_param, "logprobs": "top_logprobs"}
+        param = renames.get(exc.param, exc.param)
+        message = exc.message.replace(exc.param or "", param or "", 1)
+        raise invalid(message, param) from None
     return params
 
 
