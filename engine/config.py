@@ -23,6 +23,8 @@ class SchedulerConfig:
     max_num_seqs: int = 64  # requests running at once
     max_num_batched_tokens: int = 2048  # tokens per step (the chunked-prefill budget)
     enable_prefix_caching: bool = True
+    pin_budget_pages: int = 0  # pages session pins may hold; 0: none (every pin is demoted)
+    host_tier_pages: int = 0  # pages the host-memory tier holds
 
     def __post_init__(self) -> None:
         assert self.num_pages >= 2, f"num_pages must be >= 2, got {self.num_pages}"
@@ -46,6 +48,8 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
+    pin_budget_fraction: float = 0.5  # share of the KV pool that session pins may hold
+    host_tier_gb: float = 2.0  # host memory for demoted session KV
     attention_backend: str = "auto"
     seed: int = 0
 
@@ -64,14 +68,21 @@ class EngineConfig:
             raise ValueError(f"num_pages must be at least 2, got {self.num_pages}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if not 0.0 <= self.pin_budget_fraction <= 1.0:
+            raise ValueError("pin_budget_fraction must be in [0, 1]")
+        if self.host_tier_gb < 0:
+            raise ValueError("host_tier_gb must be >= 0")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)
 
-    def scheduler_config(self, num_pages: int, max_model_len: int) -> SchedulerConfig:
+    def scheduler_config(self, num_pages: int, max_model_len: int,
+                         host_tier_pages: int = 0) -> SchedulerConfig:
         return SchedulerConfig(
+            pin_budget_pages=int(num_pages * self.pin_budget_fraction),
+            host_tier_pages=host_tier_pages,
             num_pages=num_pages,
             page_size=self.page_size,
             max_model_len=max_model_len,

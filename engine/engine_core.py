@@ -11,6 +11,7 @@ from engine.outputs import EngineOutput, TokenLogprob
 from engine.request import FinishReason, Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+from engine.session_pins import SessionHint
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +26,14 @@ class EngineCore:
         self.vocab_size = self.runner.vocab_size
         self.eos_token_ids = self.runner.eos_token_ids
         self.scheduler = Scheduler(
-            config.scheduler_config(self.runner.num_pages, self.max_model_len)
+            config.scheduler_config(self.runner.num_pages, self.max_model_len,
+                                    self.runner.host_tier_pages)
         )
         self._requests: dict[str, Request] = {}
 
     # ---------------------------------------------------------------- requests
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    session: SessionHint | None = None, cache_salt: str = "") -> None:
         """Validate and queue; raises ``InvalidRequestError`` and changes nothing on bad input."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
@@ -53,7 +56,12 @@ class EngineCore:
                 f"{len(prompt_ids)} tokens and max_tokens asks for {params.max_tokens} more",
                 param="max_tokens",
             )
-        request = Request(request_id, prompt_ids, params, self.eos_token_ids, self.max_model_len)
+        if params.grammar is not None:
+            # Compile now so a broken schema is refused here, never in a step; the runner's
+            # compile at the first sample is then a cache hit.
+            self.runner.compile_grammar(params.grammar)
+        request = Request(request_id, prompt_ids, params, self.eos_token_ids, self.max_model_len,
+                          cache_salt=cache_salt, session=session)
         self._requests[request_id] = request
         self.scheduler.add(request)
 
@@ -63,6 +71,13 @@ class EngineCore:
         if request is None:
             return None
         return self._output(request, [], None)
+
+    def touch_session(self, session_id: str, lease_s: float | None = None,
+                      retention: int | None = None) -> None:
+        self.scheduler.touch_session(session_id, lease_s, retention)
+
+    def close_session(self, session_id: str) -> None:
+        self.scheduler.close_session(session_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -78,6 +93,7 @@ class EngineCore:
     # -------------------------------------------------------------------- step
     def step(self) -> list[EngineOutput]:
         sched_out = self.scheduler.schedule()
+        self.runner.host_tier.execute(sched_out.session_ops)
         if sched_out.is_empty:
             return []
         sampled = self.runner.execute(sched_out)

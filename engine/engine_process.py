@@ -20,6 +20,7 @@ from engine.errors import InvalidRequestError
 from engine.ipc import (
     AbortRequests,
     AddRequest,
+    CloseSession,
     EngineDead,
     EngineReady,
     EngineStats,
@@ -27,6 +28,7 @@ from engine.ipc import (
     Shutdown,
     StepOutputs,
     ToEngine,
+    TouchSession,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,14 +91,21 @@ class _Loop:
     def send(self, message) -> None:
         self.outbox.send(self.encoder.encode(message))
 
-    def handle(self, message: AddRequest | AbortRequests) -> None:
+    def handle(self, message: AddRequest | AbortRequests | TouchSession | CloseSession) -> None:
+        if isinstance(message, TouchSession):
+            self.core.touch_session(message.session_id, message.lease_s, message.retention)
+            return
+        if isinstance(message, CloseSession):
+            self.core.close_session(message.session_id)
+            return
         if isinstance(message, AbortRequests):
             outputs = [o for rid in message.request_ids if (o := self.core.abort(rid))]
             if outputs:
                 self.send(StepOutputs(outputs, self.stats()))
             return
         try:
-            self.core.add_request(message.request_id, message.prompt_ids, message.params)
+            self.core.add_request(message.request_id, message.prompt_ids, message.params,
+                                  message.session, message.cache_salt)
         except InvalidRequestError as exc:
             self.send(RequestFailed(message.request_id, exc.message, exc.param, exc.code))
 
@@ -114,10 +123,17 @@ class _Loop:
 
     def stats(self) -> EngineStats:
         sched = self.core.scheduler
+        pins = sched.sessions
         return EngineStats(
             num_running=len(sched.running), num_waiting=len(sched.waiting),
             num_free_pages=sched.pool.num_free, num_cached_pages=sched.cache.num_cached_pages,
             num_total_pages=sched.pool.num_total,
             num_computed_tokens=sched.stats.num_computed_tokens,
             num_cached_tokens=sched.stats.num_cached_tokens,
-            num_preemptions=sched.stats.num_preemptions)
+            num_preemptions=sched.stats.num_preemptions,
+            num_evicted_pages=sched.stats.num_evicted_pages,
+            num_evicted_session_pages=sched.cache.evicted_by_class["session"],
+            num_sessions=len(set(pins.pins) | set(pins.host)),
+            num_pinned_pages=pins.num_pinned_pages, num_host_pages=pins.num_host_pages,
+            num_demotions=pins.stats.num_demotions, num_prefetches=pins.stats.num_prefetches,
+            prefetch_seconds=self.core.runner.host_tier.total_prefetch_s)

@@ -11,12 +11,25 @@ import msgspec
 
 from engine.outputs import EngineOutput
 from engine.sampling_params import SamplingParams
+from engine.session_pins import SessionHint
 
 
 class AddRequest(msgspec.Struct, tag="add"):
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    session: SessionHint | None = None  # pin the path for this session when it finishes
+    cache_salt: str = ""  # radix namespace (per-tenant isolation)
+
+
+class TouchSession(msgspec.Struct, tag="touch"):
+    session_id: str
+    lease_s: float | None = None
+    retention: int | None = None
+
+
+class CloseSession(msgspec.Struct, tag="close"):
+    session_id: str
 
 
 class AbortRequests(msgspec.Struct, tag="abort"):
@@ -36,6 +49,14 @@ class EngineStats(msgspec.Struct):
     num_computed_tokens: int  # cumulative, prefill + decode
     num_cached_tokens: int  # cumulative, from the prefix cache
     num_preemptions: int
+    num_evicted_pages: int = 0
+    num_evicted_session_pages: int = 0  # of which a session had used
+    num_sessions: int = 0  # sessions with a pin or a host copy
+    num_pinned_pages: int = 0
+    num_host_pages: int = 0
+    num_demotions: int = 0
+    num_prefetches: int = 0
+    prefetch_seconds: float = 0.0  # cumulative
 
 
 class EngineReady(msgspec.Struct, tag="ready"):
@@ -64,5 +85,5 @@ class EngineDead(msgspec.Struct, tag="dead"):
     message: str
 
 
-ToEngine = AddRequest | AbortRequests | Shutdown
+ToEngine = AddRequest | AbortRequests | TouchSession | CloseSession | Shutdown
 FromEngine = EngineReady | StepOutputs | RequestFailed | EngineDead

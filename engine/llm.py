@@ -16,6 +16,7 @@ from engine.engine_core import EngineCore
 from engine.errors import InvalidRequestError
 from engine.output_processor import OutputProcessor, RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.session_pins import SessionHint
 from engine.tokenizer import load_tokenizer
 
 Prompt = str | list[int]
@@ -43,10 +44,11 @@ class LLM:
             ids = ids["input_ids"]
         return list(ids)
 
-    def _add(self, prompt: Prompt, params: SamplingParams) -> str:
+    def _add(self, prompt: Prompt, params: SamplingParams,
+             session: SessionHint | None = None) -> str:
         request_id = f"llm-{next(self._ids)}"
         prompt_ids = self.encode(prompt)
-        self.engine.add_request(request_id, prompt_ids, params)
+        self.engine.add_request(request_id, prompt_ids, params, session)
         self.processor.add(request_id, prompt_ids, params)
         return request_id
 
@@ -60,8 +62,12 @@ class LLM:
         self,
         prompts: Prompt | Sequence[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        sessions: Sequence[SessionHint | None] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (batched); results in prompt order."""
+        """Generate for every prompt (batched); results in prompt order.
+
+        ``sessions``: per prompt, keep its KV pinned for that session when it finishes.
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         if params is None or isinstance(params, SamplingParams):
@@ -70,8 +76,8 @@ class LLM:
             raise InvalidRequestError("one SamplingParams per prompt, or one for all", "params")
         request_ids = []
         try:
-            for prompt, p in zip(prompts, params):
-                request_ids.append(self._add(prompt, p))
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
+                request_ids.append(self._add(prompt, p, sessions[i] if sessions else None))
         except Exception:
             for request_id in request_ids:  # all or nothing: undo the ones already queued
                 self.engine.abort(request_id)

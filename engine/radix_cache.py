@@ -9,8 +9,12 @@ its own: a few slots copied instead of recomputed, and the cached page stays imm
 
 Ownership: pages in the tree belong to the tree; a request that matched a prefix holds a lock on
 its deepest node (``lock``/``unlock``), which keeps that node, its ancestors and their tails from
-eviction. Unlocked pages are evicted least-recently-used first, leaves (and tails) before the
-nodes above them. Time is a logical clock so eviction order is deterministic.
+eviction. Unlocked pages are evicted in the order (how many sessions use them, least recently
+used), leaves (and tails) before the nodes above them: pages no session uses go first, then
+those of a single (expired or demoted) session, shared session prefixes last. Time is a logical
+clock so eviction order is deterministic.
+
+Namespaces (a per-tenant cache salt) get separate roots: nothing is ever shared across them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 class RadixNode:
     __slots__ = ("key", "pages", "parent", "children", "lock_ref", "last_access", "tail_key",
-                 "tail_page", "uid")
+                 "tail_page", "uid", "session_refs")
 
     def __init__(self, key: tuple[int, ...], pages: list[int], parent: RadixNode | None,
                  uid: int) -> None:
@@ -35,6 +39,7 @@ class RadixNode:
         self.tail_key: tuple[int, ...] = ()  # 0 < len < page_size tokens following ``key``
         self.tail_page: int | None = None
         self.uid = uid  # creation order, the tie-breaker of LRU
+        self.session_refs = 0  # sessions whose pinned path runs through here (eviction weight)
 
     @property
     def num_owned_pages(self) -> int:
@@ -62,16 +67,24 @@ class RadixCache:
         self.page_size = page_size
         self._uids = itertools.count()
         self._clock = itertools.count(1)
-        self.root = RadixNode((), [], None, next(self._uids))
-        self.root.lock_ref = 1  # the root is never evicted
+        self.roots: dict[str, RadixNode] = {}
+        self.root = self._root("")
         self.num_cached_pages = 0
         self.num_evictable_pages = 0
+        self.evicted_by_class = {"plain": 0, "session": 0}  # pages, by whether a session used them
+
+    def _root(self, namespace: str) -> RadixNode:
+        root = self.roots.get(namespace)
+        if root is None:
+            root = self.roots[namespace] = RadixNode((), [], None, next(self._uids))
+            root.lock_ref = 1  # a root is never evicted
+        return root
 
     # ---------------------------------------------------------------- matching
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+    def match_prefix(self, token_ids: list[int], namespace: str = "") -> PrefixMatch:
         """Find the longest cached prefix of ``token_ids``; splits a node at a page boundary."""
         ps = self.page_size
-        node, pos, pages = self.root, 0, []
+        node, pos, pages = self._root(namespace), 0, []
         now = next(self._clock)
         while len(token_ids) - pos >= ps:
             child = node.children.get(tuple(token_ids[pos : pos + ps]))
@@ -112,6 +125,7 @@ class RadixCache:
         assert parent is not None and 0 < num_pages < len(child.pages), "bad split"
         upper = RadixNode(child.key[:cut], child.pages[:num_pages], parent, next(self._uids))
         upper.lock_ref = child.lock_ref
+        upper.session_refs = child.session_refs
         upper.last_access = child.last_access
         parent.children[child.key[: self.page_size]] = upper
         child.key, child.pages, child.parent = child.key[cut:], child.pages[num_pages:], upper
@@ -140,7 +154,13 @@ class RadixCache:
             node = node.parent
 
     # --------------------------------------------------------------- inserting
-    def insert(self, token_ids: list[int], pages: list[int]) -> list[int]:
+    def add_session_ref(self, node: RadixNode, delta: int) -> None:
+        """Count a session's pinned path (+1) or forget it (-1) on ``node`` and its ancestors."""
+        while node is not None:
+            node.session_refs = max(0, node.session_refs + delta)
+            node = node.parent
+
+    def insert(self, token_ids: list[int], pages: list[int], namespace: str = "") -> list[int]:
         """Hand ``pages`` (holding the KV of ``token_ids``) to the tree.
 
         Returns the pages the caller must free: duplicates of pages the tree already holds, and
@@ -149,7 +169,8 @@ class RadixCache:
         ps = self.page_size
         assert len(pages) == -(-len(token_ids) // ps), "pages must cover token_ids exactly"
         now = next(self._clock)
-        node, pos, to_free = self.root, 0, []
+        root = self._root(namespace)
+        node, pos, to_free = root, 0, []
         num_full = len(token_ids) // ps * ps
         while pos < num_full:
             child = node.children.get(tuple(token_ids[pos : pos + ps]))
@@ -169,7 +190,7 @@ class RadixCache:
                     to_free.append(pages[pos // ps + i])
             pos += len(child.key)
             node = child
-        if pos < len(token_ids) and node is self.root:
+        if pos < len(token_ids) and node is root:
             to_free.append(pages[pos // ps])  # less than a page in all: not worth keeping
         elif pos < len(token_ids):
             to_free.extend(self._set_tail(node, tuple(token_ids[pos:]), pages[pos // ps]))
@@ -197,16 +218,17 @@ class RadixCache:
     def evict(self, num_pages: int) -> list[int]:
         """Free at least ``num_pages`` unlocked pages (fewer if not enough); LRU leaves first."""
         freed: list[int] = []
-        heap = [(n.last_access, n.uid, n) for n in self._evictable_units()]
+        heap = [(n.session_refs, n.last_access, n.uid, n) for n in self._evictable_units()]
         heapq.heapify(heap)
         while heap and len(freed) < num_pages:
-            _, _, node = heapq.heappop(heap)
+            _, _, _, node = heapq.heappop(heap)
             if node.parent is None or node.lock_ref:
                 continue  # already evicted through another heap entry
             if node.children:  # an internal node: only its tail goes
                 if node.tail_page is None:
                     continue
                 freed.append(node.tail_page)
+                self.evicted_by_class["session" if node.session_refs else "plain"] += 1
                 node.tail_key, node.tail_page = (), None
                 self.num_cached_pages -= 1
                 self.num_evictable_pages -= 1
@@ -216,15 +238,18 @@ class RadixCache:
                 freed.append(node.tail_page)
             self.num_cached_pages -= node.num_owned_pages
             self.num_evictable_pages -= node.num_owned_pages
+            self.evicted_by_class["session" if node.session_refs else "plain"] += (
+                node.num_owned_pages)
             parent = node.parent
             del parent.children[node.key[: self.page_size]]
             node.parent = None
             if parent.lock_ref == 0 and not parent.children:
-                heapq.heappush(heap, (parent.last_access, parent.uid, parent))
+                heapq.heappush(heap, (parent.session_refs, parent.last_access, parent.uid,
+                                      parent))
         return freed
 
     def _evictable_units(self) -> list[RadixNode]:
-        units, stack = [], [self.root]
+        units, stack = [], list(self.roots.values())
         while stack:
             node = stack.pop()
             stack.extend(node.children.values())
@@ -236,7 +261,7 @@ class RadixCache:
 
     # --------------------------------------------------------------- integrity
     def all_pages(self) -> list[int]:
-        pages, stack = [], [self.root]
+        pages, stack = [], list(self.roots.values())
         while stack:
             node = stack.pop()
             stack.extend(node.children.values())
@@ -249,7 +274,7 @@ class RadixCache:
         pages = self.all_pages()
         assert len(pages) == len(set(pages)), "a page is owned twice by the tree"
         assert len(pages) == self.num_cached_pages, "cached page counter drifted"
-        evictable, stack = 0, [self.root]
+        evictable, stack = 0, list(self.roots.values())
         while stack:
             node = stack.pop()
             for first, child in node.children.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.radix_cache import RadixNode
 from engine.sampling_params import SamplingParams
+from engine.session_pins import SessionHint
 
 
 class RequestStatus(enum.Enum):
@@ -36,6 +37,7 @@ class Request:
         eos_token_ids: list[int],
         max_model_len: int,
         cache_salt: str = "",
+        session: SessionHint | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_ids = list(prompt_ids)
@@ -45,7 +47,8 @@ class Request:
             frozenset() if params.ignore_eos else frozenset(eos_token_ids)
         )
         self.max_len = max_model_len  # prompt + output never exceeds this
-        self.cache_salt = cache_salt
+        self.cache_salt = cache_salt  # radix namespace: no prefix is shared across salts
+        self.session = session  # pin the path for this session when the request finishes
         self.status = RequestStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.arrival_time = time.monotonic()
@@ -57,6 +60,9 @@ class Request:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
         self.num_preemptions = 0
         self.sampler_state: Any = None  # opaque to the scheduler (e.g. a seeded torch.Generator)
+        # engine.structured.GrammarState when params.grammar is set, made by the runner at the
+        # first sample; opaque to the scheduler. It has accepted exactly ``output_ids``.
+        self.grammar_state: Any = None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import msgspec
 
@@ -11,6 +12,23 @@ from engine.errors import InvalidRequestError
 _MAX_LOGPROBS = 20
 _MIN_SEED = -(2**63)
 _MAX_SEED = 2**64 - 1
+
+GrammarKind = Literal["json_schema", "json_object", "structural_tag"]
+_GRAMMAR_KINDS = ("json_schema", "json_object", "structural_tag")
+
+
+class GrammarSpec(msgspec.Struct, frozen=True):
+    """A grammar the output must match, as text (``engine.structured`` compiles it).
+
+    ``json_schema``: ``source`` is a JSON schema, matched strictly (no extra properties unless
+    the schema allows them). ``json_object``: any JSON object; ``source`` is ignored (leave it
+    empty). ``structural_tag``: ``source`` is an xgrammar structural tag as JSON text (what
+    ``xgrammar.StructuralTag.model_dump_json()`` writes), e.g. tool calls in a model's format.
+    Frozen and hashable, so compiled grammars can be cached by spec.
+    """
+
+    kind: GrammarKind
+    source: str = ""
 
 
 class SamplingParams(msgspec.Struct, kw_only=True):
@@ -36,6 +54,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    grammar: GrammarSpec | None = None  # constrain the output; None: free
 
     @property
     def greedy(self) -> bool:
@@ -76,3 +95,14 @@ class SamplingParams(msgspec.Struct, kw_only=True):
         for token_id in self.stop_token_ids:
             if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
                 raise bad("stop_token_ids", f"holds {token_id}, outside the vocabulary")
+        if self.grammar is not None:
+            # Compiling (engine.structured) checks the source; only the cheap checks are here.
+            if self.grammar.kind not in _GRAMMAR_KINDS:
+                raise bad("grammar", f"kind must be one of {_GRAMMAR_KINDS}, got "
+                          f"{self.grammar.kind!r}")
+            if self.grammar.kind != "json_object" and not self.grammar.source:
+                raise bad("grammar", f"of kind {self.grammar.kind!r} needs a source")
+            if self.ignore_eos:
+                # A grammar ends the output with an end-of-sequence token; ignoring it would
+                # ask for tokens after the grammar is done.
+                raise bad("ignore_eos", "cannot be combined with a grammar (structured output)")

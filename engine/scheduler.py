@@ -17,6 +17,7 @@ from engine.config import SchedulerConfig
 from engine.page_pool import PagePool
 from engine.radix_cache import RadixCache
 from engine.request import FinishReason, Request, RequestStatus
+from engine.session_pins import Prefetch, SessionOps, SessionPins
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class SchedulerOutput:
     requests: list[ScheduledRequest] = field(default_factory=list)
     # Partial-page reuse to perform before the forward: copy the first n slots of src to dst.
     copies: list[tuple[int, int, int]] = field(default_factory=list)  # (src_page, dst_page, n)
+    # Host-tier traffic, executed first: backups (read), prefetches (write), then drops.
+    session_ops: SessionOps = field(default_factory=SessionOps)
 
     @property
     def num_tokens(self) -> int:
@@ -60,6 +63,16 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.stats = SchedulerStats()
+        self.sessions = SessionPins(self.cache, config.pin_budget_pages, config.host_tier_pages)
+        self._pending_ops = SessionOps()  # from pins set between steps
+
+    # ---------------------------------------------------------------- sessions
+    def touch_session(self, session_id: str, lease_s: float | None = None,
+                      retention: int | None = None) -> None:
+        self.sessions.touch(session_id, lease_s, retention)
+
+    def close_session(self, session_id: str) -> None:
+        self.sessions.close(session_id, self._pending_ops)
 
     @property
     def max_request_len(self) -> int:
@@ -87,7 +100,10 @@ class Scheduler:
 
     # ---------------------------------------------------------------- schedule
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = SchedulerOutput(session_ops=self._pending_ops)
+        self._pending_ops = SessionOps()
+        if self.config.enable_prefix_caching:
+            self.sessions.maintain(out.session_ops)
         budget = self.config.max_num_batched_tokens
         preempted = False
         i = 0
@@ -129,8 +145,11 @@ class Scheduler:
         ps = self.config.page_size
         num_cached, shared, partial = 0, [], None
         if self.config.enable_prefix_caching:
+            if request.session is not None:
+                self._prefetch(request, out.session_ops)
             # Leave at least one token to compute: its logits give the next token.
-            match = self.cache.match_prefix(request.all_ids[: request.num_tokens - 1])
+            match = self.cache.match_prefix(request.all_ids[: request.num_tokens - 1],
+                                            request.cache_salt)
             self.cache.lock(match.lock_node)
             request.lock_node = match.lock_node
             shared, num_cached = match.pages, match.num_tokens
@@ -153,18 +172,48 @@ class Scheduler:
         request.status = RequestStatus.RUNNING
         return num_new
 
+    def _prefetch(self, request: Request, ops: SessionOps) -> None:
+        """Bring back from the host tier what the cache lost of this session's path."""
+        copy = self.sessions.host_copy_for(request.session.session_id, request.cache_salt,
+                                           request.all_ids[: request.num_tokens - 1])
+        if copy is None:
+            return
+        ps = self.config.page_size
+        match = self.cache.match_prefix(copy.token_ids, request.cache_salt)
+        have = len(match.pages)
+        need = copy.num_pages - have
+        if need > 0:
+            self.cache.lock(match.lock_node)  # our allocation must not evict what we extend
+            pages = self._allocate(need)
+            if pages is not None:
+                ops.prefetches.append(Prefetch(copy.session_id, list(range(have, copy.num_pages)),
+                                               pages))
+                to_free = self.cache.insert(copy.token_ids[: copy.num_pages * ps],
+                                            match.pages + pages, request.cache_salt)
+                assert not to_free, "prefetched pages duplicated cached ones"
+                self.sessions.stats.num_prefetches += 1
+                self.sessions.stats.num_prefetched_pages += need
+            self.cache.unlock(match.lock_node)
+        self.sessions._drop_host(copy.session_id, ops)
+
+    def _allocate(self, num: int) -> list[int] | None:
+        if self.pool.num_free < num:
+            if self.pool.num_free + self.cache.num_evictable_pages < num:
+                return None
+            freed = self.cache.evict(num - self.pool.num_free)
+            self.stats.num_evicted_pages += len(freed)
+            self.pool.free(freed)
+        return self.pool.allocate(num)
+
     def _reserve(self, request: Request, num_tokens: int) -> bool:
         """Grow ``request``'s page table to hold ``num_tokens``, evicting cache pages if needed."""
         need = self.pool.pages_for(num_tokens) - len(request.page_ids)
         if need <= 0:
             return True
-        if self.pool.num_free < need:
-            if self.pool.num_free + self.cache.num_evictable_pages < need:
-                return False
-            freed = self.cache.evict(need - self.pool.num_free)
-            self.stats.num_evicted_pages += len(freed)
-            self.pool.free(freed)
-        request.page_ids.extend(self.pool.allocate(need))
+        pages = self._allocate(need)
+        if pages is None:
+            return False
+        request.page_ids.extend(pages)
         return True
 
     # ------------------------------------------------------------------ update
@@ -185,8 +234,12 @@ class Scheduler:
             changed.append(request)
             if request.finish_reason is not None:
                 self.running.remove(request)
+                kv_tokens = request.all_ids[: request.num_computed_tokens]
                 self._release(request)
                 request.status = RequestStatus.FINISHED
+                if request.session is not None and self.config.enable_prefix_caching and kv_tokens:
+                    self.sessions.pin(request.session, request.cache_salt, kv_tokens,
+                                      self._pending_ops)
         return changed
 
     def _preempt(self, request: Request) -> None:
@@ -203,7 +256,8 @@ class Scheduler:
         pages = request.page_ids
         if self.config.enable_prefix_caching and num_kv > 0:
             num_kv_pages = self.pool.pages_for(num_kv)
-            to_free = self.cache.insert(request.all_ids[:num_kv], pages[:num_kv_pages])
+            to_free = self.cache.insert(request.all_ids[:num_kv], pages[:num_kv_pages],
+                                        request.cache_salt)
             to_free += pages[num_kv_pages:]
         else:
             to_free = pages[request.num_shared_pages :]
@@ -217,6 +271,7 @@ class Scheduler:
     def check_integrity(self) -> None:
         """free + cached + in-use pages == total, with no page counted twice."""
         self.cache.check_integrity()
+        self.sessions.check_integrity()
         owned = [p for r in self.running for p in r.page_ids[r.num_shared_pages :]]
         cached = self.cache.all_pages()
         free = [p for p in range(1, self.pool.num_pages) if self.pool.is_free(p)]

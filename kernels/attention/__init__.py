@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 from kernels.attention.base import AttentionBackend, AttentionBatch
 from kernels.kv_cache import KVCache
 
 _BACKENDS: dict[str, str] = {
     "torch": "kernels.attention.torch_ref:TorchAttention",
+    "triton": "kernels.attention.triton_backend:TritonAttention",
+    "flashinfer": "kernels.attention.flashinfer_backend:FlashInferAttention",
 }
 
 
@@ -17,16 +21,26 @@ def available_backends() -> list[str]:
 def create_backend(
     name: str, kv_cache: KVCache, num_q_heads: int, scale: float
 ) -> AttentionBackend:
-    """Build the backend registered as ``name`` ("auto" picks the fastest one that runs here)."""
+    """Build the backend registered as ``name``.
+
+    "auto" picks the fastest one that runs on the cache's device: FlashInfer on CUDA when the
+    package is installed, else Triton on CUDA, else the torch reference.
+    """
     if name == "auto":
         name = "torch"
+        if kv_cache.device.type == "cuda":
+            for candidate in ("flashinfer", "triton"):
+                if _backend_class(candidate).available():
+                    name = candidate
+                    break
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose from {available_backends()}")
-    module_name, cls_name = _BACKENDS[name].split(":")
-    import importlib
+    return _backend_class(name)(kv_cache, num_q_heads, scale)
 
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(kv_cache, num_q_heads, scale)
+
+def _backend_class(name: str) -> type[AttentionBackend]:
+    module_name, cls_name = _BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
 __all__ = ["AttentionBackend", "AttentionBatch", "KVCache", "available_backends", "create_backend"]

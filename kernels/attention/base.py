@@ -54,6 +54,11 @@ class AttentionBackend(ABC):
         self.num_q_heads = num_q_heads  # heads on this rank
         self.scale = scale
 
+    @staticmethod
+    def available() -> bool:
+        """Whether this backend can run in this process (its packages and devices are here)."""
+        return True
+
     @abstractmethod
     def plan(self, batch: AttentionBatch) -> None:
         """Prepare index/metadata for ``batch``; called once before the layers run."""

@@ -1,0 +1,163 @@
+"""Triton paged-attention kernels: split-KV decode (+ its merge) and causal extend.
+
+All three read the same per-batch index tensors (int32, built once by ``TritonAttention.plan``):
+``cu_q_lens`` (num_seqs + 1,), ``kv_lens`` (num_seqs,), a zero-padded ``page_table``
+(num_seqs, max_pages) and a list of sequence ids each kernel serves. Keys of sequence ``s`` at
+position ``j`` live in cache row ``page_table[s, j // PAGE_SIZE] * PAGE_SIZE + j % PAGE_SIZE``
+of the ``(num_slots, num_kv_heads, head_dim)`` view of a layer's cache. Scores are kept in base 2
+(``sm_scale_log2 = scale * log2(e)``) so the softmax uses ``exp2``.
+"""
+
+from __future__ import annotations
+
+from kernels._triton import jit, tl
+
+
+@jit
+def _load_kv_block(
+    K_CACHE, V_CACHE, PAGE_TABLE, page_row, offs_n, n_mask, kv_head, num_kv_heads, head_dim,
+    offs_d, d_mask, PAGE_SIZE: tl.constexpr,
+):
+    page = tl.load(PAGE_TABLE + page_row + offs_n // PAGE_SIZE, mask=n_mask, other=0)
+    slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE
+    base = (slot * num_kv_heads + kv_head) * head_dim
+    mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(K_CACHE + base[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    v = tl.load(V_CACHE + base[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    return k, v
+
+
+@jit(do_not_specialize=["split_len", "num_splits"])
+def decode_kernel(
+    Q, K_CACHE, V_CACHE, OUT, MID_O, MID_LSE,
+    SEQ_IDS, CU_Q_LENS, KV_LENS, PAGE_TABLE,
+    sm_scale_log2, stride_qt, stride_qh, stride_ot, stride_oh, stride_pt,
+    num_q_heads, num_kv_heads, head_dim, group, split_len, num_splits,
+    PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program: one decode row x one KV head (all its ``group`` query heads) x one split."""
+    row = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq = tl.load(SEQ_IDS + row)
+    tok = tl.load(CU_Q_LENS + seq).to(tl.int64)
+    kv_len = tl.load(KV_LENS + seq)
+    offs_h = tl.arange(0, BLOCK_H)
+    h_mask = offs_h < group
+    heads = kv_head * group + offs_h
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < head_dim
+    q_mask = h_mask[:, None] & d_mask[None, :]
+    q = tl.load(Q + tok * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask,
+                other=0.0)
+    page_row = seq.to(tl.int64) * stride_pt
+    start = split * split_len
+    end = tl.minimum(kv_len, start + split_len)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end
+        k, v = _load_kv_block(K_CACHE, V_CACHE, PAGE_TABLE, page_row, offs_n, n_mask, kv_head,
+                              num_kv_heads, head_dim, offs_d, d_mask, PAGE_SIZE)
+        s = tl.dot(q, tl.trans(k.to(q.dtype))) * sm_scale_log2
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+        m_i = m_new
+    if not SPLIT:
+        out = acc / l_i[:, None]
+        tl.store(OUT + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=q_mask)
+    else:
+        # An empty split (past this row's context) leaves weight 0 for the merge.
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
+        mid = (row.to(tl.int64) * num_q_heads + heads) * num_splits + split
+        tl.store(MID_O + mid[:, None] * head_dim + offs_d[None, :], acc / l_safe[:, None],
+                 mask=q_mask)
+        tl.store(MID_LSE + mid, lse, mask=h_mask)
+
+
+@jit(do_not_specialize=["num_splits"])
+def merge_kernel(
+    OUT, MID_O, MID_LSE, SEQ_IDS, CU_Q_LENS,
+    stride_ot, stride_oh, num_q_heads, head_dim, num_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Combine the per-split partial outputs of one decode row x one query head."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    tok = tl.load(CU_Q_LENS + tl.load(SEQ_IDS + row)).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    s_mask = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < head_dim
+    mid = (row.to(tl.int64) * num_q_heads + head) * num_splits + offs_s
+    lse = tl.load(MID_LSE + mid, mask=s_mask, other=float("-inf"))
+    w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty, so the max is finite
+    o = tl.load(MID_O + mid[:, None] * head_dim + offs_d[None, :],
+                mask=s_mask[:, None] & d_mask[None, :], other=0.0)
+    out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
+    tl.store(OUT + tok * stride_ot + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty),
+             mask=d_mask)
+
+
+@jit
+def extend_kernel(
+    Q, K_CACHE, V_CACHE, OUT,
+    SEQ_IDS, CU_Q_LENS, KV_LENS, PAGE_TABLE,
+    sm_scale_log2, stride_qt, stride_qh, stride_ot, stride_oh, stride_pt,
+    num_kv_heads, head_dim, group,
+    PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program: BLOCK_M new tokens of one sequence x one query head, causal after the prefix.
+
+    New token ``i`` of a sequence sits at position ``kv_len - q_len + i`` and sees keys
+    ``0 ..`` that position; keys past the block's last query are never loaded.
+    """
+    seq = tl.load(SEQ_IDS + tl.program_id(0))
+    head = tl.program_id(1)
+    m_block = tl.program_id(2)
+    q_start = tl.load(CU_Q_LENS + seq)
+    q_len = tl.load(CU_Q_LENS + seq + 1) - q_start
+    if m_block * BLOCK_M < q_len:
+        kv_len = tl.load(KV_LENS + seq)
+        prefix = kv_len - q_len
+        offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < q_len
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < head_dim
+        q_mask = m_mask[:, None] & d_mask[None, :]
+        toks = (q_start + offs_m).to(tl.int64)
+        q = tl.load(Q + toks[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=q_mask, other=0.0)
+        kv_head = head // group
+        page_row = seq.to(tl.int64) * stride_pt
+        kv_end = tl.minimum(kv_len, prefix + (m_block + 1) * BLOCK_M)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for n0 in range(0, kv_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < kv_end
+            k, v = _load_kv_block(K_CACHE, V_CACHE, PAGE_TABLE, page_row, offs_n, n_mask,
+                                  kv_head, num_kv_heads, head_dim, offs_d, d_mask, PAGE_SIZE)
+            s = tl.dot(q, tl.trans(k.to(q.dtype))) * sm_scale_log2
+            # Every row sees key 0, so no row is all -inf and the softmax never divides by 0.
+            seen = (offs_n[None, :] <= (prefix + offs_m)[:, None]) & n_mask[None, :]
+            s = tl.where(seen, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(OUT + toks[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=q_mask)

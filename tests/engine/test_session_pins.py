@@ -1,0 +1,161 @@
+"""Session pins, leases, the pin budget and the host tier, as pure bookkeeping (no model)."""
+
+from __future__ import annotations
+
+from engine.config import SchedulerConfig
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.session_pins import RETENTION_NORMAL, RETENTION_TOOL_WAIT, SessionHint
+from tests.engine.test_scheduler import next_token
+
+PS = 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(num_pages=24, budget=64, host=64, max_seqs=8):
+    sched = Scheduler(SchedulerConfig(num_pages=num_pages, page_size=PS, max_model_len=256,
+                                      max_num_seqs=max_seqs, max_num_batched_tokens=64,
+                                      pin_budget_pages=budget, host_tier_pages=host))
+    clock = Clock()
+    sched.sessions.clock = clock
+    return sched, clock
+
+
+def req(rid, prompt, session=None, salt="", max_tokens=2, lease=60.0, retention=1):
+    hint = SessionHint(session, lease, retention) if session else None
+    return Request(rid, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True), [0], 256,
+                   cache_salt=salt, session=hint)
+
+
+def drain(sched):
+    outs = []
+    while sched.has_unfinished():
+        out = sched.schedule()
+        outs.append(out)
+        sampled = {s.request.request_id: [next_token(s.request)] for s in out.requests if s.sample}
+        sched.update(out, sampled)
+        sched.check_integrity()
+    outs.append(sched.schedule())  # flush ops queued by the last update
+    return outs
+
+
+def ops_of(outs, kind):
+    return [op for out in outs for op in getattr(out.session_ops, kind)]
+
+
+def prompt(base, n):
+    return [base + i for i in range(n)]
+
+
+def test_pinned_session_survives_pressure_and_unpinned_ones_are_evicted():
+    sched, _ = make()
+    agent = req("agent", prompt(100, 16), session="s1")  # 16 + 1 KV tokens -> 5 pages
+    idle = req("idle", prompt(300, 16))  # same size, no session
+    for r in (agent, idle):
+        sched.add(r)
+    drain(sched)
+    assert sched.sessions.num_pinned_pages == 4
+    pinned_pages = sched.cache.match_prefix(agent.all_ids[:16]).pages
+    for i in range(3):  # others fill the pool
+        sched.add(req(f"o{i}", prompt(1000 * (i + 1), 20), max_tokens=8))
+    drain(sched)
+    assert sched.stats.num_evicted_pages > 0
+    assert sched.cache.match_prefix(idle.all_ids[:16]).pages == []  # the idle one went
+    assert sched.cache.match_prefix(agent.all_ids[:16]).pages == pinned_pages
+    nxt = req("agent2", agent.all_ids + [7, 8, 9], session="s1")
+    sched.add(nxt)
+    out = sched.schedule()
+    assert nxt.num_cached_tokens == agent.num_tokens - 1  # every token with KV, tail included
+    assert out.requests[0].num_new_tokens == nxt.num_tokens - nxt.num_cached_tokens
+
+
+def test_lease_expiry_backs_up_then_prefetches_exact_pages():
+    sched, clock = make(num_pages=16)
+    agent = req("agent", prompt(100, 14), session="s1")
+    sched.add(agent)
+    drain(sched)
+    kv = agent.all_ids[: agent.num_tokens - 1]  # 15 tokens of KV: 3 full pages + 3
+    full_pages = sched.cache.match_prefix(kv).pages
+    clock.now += 61  # past the lease
+    out = sched.schedule()
+    (backup,) = out.session_ops.backups
+    assert backup.session_id == "s1" and backup.page_ids == full_pages
+    assert sched.sessions.num_pinned_pages == 0 and sched.sessions.num_host_pages == 3
+    for i in range(3):  # fill the pool: the demoted pages get evicted
+        sched.add(req(f"o{i}", prompt(1000 * (i + 1), 16), max_tokens=4))
+    drain(sched)
+    assert len(sched.cache.match_prefix(kv).pages) < 3
+    have = len(sched.cache.match_prefix(kv).pages)
+    nxt = req("agent2", agent.all_ids + [5, 6], session="s1")
+    sched.add(nxt)
+    out = sched.schedule()
+    (prefetch,) = out.session_ops.prefetches
+    assert prefetch.host_indices == list(range(have, 3)) and len(prefetch.page_ids) == 3 - have
+    assert out.session_ops.host_drops == ["s1"]
+    assert nxt.num_cached_tokens >= 12  # the three full pages are back
+    assert sched.sessions.stats.num_prefetches == 1
+    sched.update(out, {s.request.request_id: [1] for s in out.requests if s.sample})
+    sched.check_integrity()
+
+
+def test_budget_demotes_lowest_retention_first():
+    sched, _ = make(budget=5)
+    waiting_on_tool = req("a", prompt(100, 16), session="tool", retention=RETENTION_TOOL_WAIT)
+    chatting = req("b", prompt(500, 16), session="chat", retention=RETENTION_NORMAL)
+    sched.add(waiting_on_tool)
+    drain(sched)
+    sched.add(chatting)
+    outs = drain(sched)
+    demoted = {b.session_id for b in ops_of(outs, "backups")}
+    assert demoted == {"chat"}
+    assert sched.sessions.pins["tool"].pinned and not sched.sessions.pins["chat"].pinned
+
+
+def test_plain_pages_are_evicted_before_session_pages():
+    sched, clock = make(num_pages=16)
+    sched.add(req("s", prompt(100, 8), session="s1", lease=1.0))
+    drain(sched)
+    sched.add(req("p", prompt(500, 8)))
+    drain(sched)
+    clock.now += 5  # the session pin expires: its pages are evictable but weigh more
+    sched.schedule()
+    sched.cache.match_prefix(prompt(100, 8))  # touch it: LRU alone would now evict "p" anyway
+    sched.cache.match_prefix(prompt(500, 8))  # ... so make the plain one most recent
+    freed = sched.cache.evict(1)
+    assert sched.cache.match_prefix(prompt(500, 8)).pages == []  # the plain path went first
+    assert len(sched.cache.match_prefix(prompt(100, 8)).pages) == 2
+    sched.pool.free(freed)
+    sched.check_integrity()
+
+
+def test_salted_namespaces_share_nothing():
+    sched, _ = make()
+    sched.add(req("a", prompt(100, 12), salt="key-a"))
+    drain(sched)
+    b = req("b", prompt(100, 12) + [1], salt="key-b")
+    sched.add(b)
+    sched.schedule()
+    assert b.num_cached_tokens == 0
+    c = req("c", prompt(100, 12) + [1], salt="key-a")
+    sched.add(c)
+    sched.schedule()
+    assert c.num_cached_tokens == 12
+
+
+def test_close_session_unpins_and_drops_host_copy():
+    sched, clock = make()
+    sched.add(req("a", prompt(100, 12), session="s1"))
+    drain(sched)
+    assert sched.sessions.num_pinned_pages == 3
+    sched.close_session("s1")
+    assert sched.sessions.num_pinned_pages == 0 and "s1" not in sched.sessions.pins
+    sched.check_integrity()
+    assert sched.cache.num_evictable_pages == sched.cache.num_cached_pages

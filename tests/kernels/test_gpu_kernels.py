@@ -1,0 +1,148 @@
+"""Every GPU kernel against the float32 torch reference on random bf16 inputs (CUDA only).
+
+Attention runs over batch sizes x context lengths x page sizes x head layouts, for an all-decode
+batch and a mixed one (extend after a prefix, decode, and whole-prompt prefill rows together).
+The bound is 1e-2 relative error. FlashInfer compiles its kernels on first use per head_dim
+(minutes on a fresh host); ``benchmarks/flashinfer_warmup.py`` can do that ahead, in parallel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.kernels.attention_cases import make_case, rel_err, run_backend
+
+pytestmark = pytest.mark.gpu
+
+TOL = 1e-2
+DEVICE = "cuda"
+BATCH_SIZES = [1, 4, 33]
+CONTEXTS = [1, 17, 300, 2048]
+PAGE_SIZES = [1, 16]
+HEADS = [(32, 8), (9, 3), (64, 8)]
+HEAD_DIMS = [64, 128]
+
+
+def batch_lens(mode: str, batch_size: int, context: int) -> tuple[list[int], list[int]]:
+    """(q_lens, kv_lens): contexts spread over [context / 2, context]; in "mixed", rows cycle
+    through extend-after-prefix, decode and whole-prompt prefill."""
+    kv_lens = [max(1, context - (i * 37) % max(1, context // 2)) for i in range(batch_size)]
+    if mode == "decode":
+        return [1] * batch_size, kv_lens
+    return [(max(1, kv // 3), 1, kv)[i % 3] for i, kv in enumerate(kv_lens)], kv_lens
+
+
+# ---------------------------------------------------------------- fused ops
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 4096), (33, 896), (300, 5120)])
+def test_rmsnorm(num_tokens: int, hidden: int, with_residual: bool) -> None:
+    from kernels.ops import rmsnorm, rmsnorm_ref
+
+    x = torch.randn(num_tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
+    w = (torch.rand(hidden, device=DEVICE) + 0.5).to(torch.bfloat16)
+    r = torch.randn_like(x) if with_residual else None
+    out, new_r = rmsnorm(x, w, 1e-6, r)
+    ref, ref_r = rmsnorm_ref(x.float(), w.float(), 1e-6, None if r is None else r.float())
+    assert rel_err(out, ref) < TOL
+    assert rel_err(new_r, ref_r) < TOL
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_rope(heads: tuple[int, int], head_dim: int, with_norm: bool) -> None:
+    from kernels.ops import apply_rope, rope_ref
+
+    num_tokens, (hq, hk) = 77, heads
+    qkv = torch.randn(num_tokens, (hq + 2 * hk) * head_dim, device=DEVICE, dtype=torch.bfloat16)
+    q = qkv[:, : hq * head_dim].view(num_tokens, hq, head_dim)
+    k = qkv[:, hq * head_dim : (hq + hk) * head_dim].view(num_tokens, hk, head_dim)
+    inv_freq = 1.0 / 1e6 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim)
+    freqs = torch.outer(torch.arange(4096, device=DEVICE).float(), inv_freq)
+    cos, sin = freqs.cos(), freqs.sin()
+    positions = torch.randint(0, 4096, (num_tokens,), device=DEVICE)
+    qw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(torch.bfloat16) if with_norm else None
+    kw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(torch.bfloat16) if with_norm else None
+    q_ref, k_ref = q.float(), k.float()
+    rope_ref(positions, q_ref, k_ref, cos, sin,
+             None if qw is None else qw.float(), None if kw is None else kw.float())
+    apply_rope(positions, q, k, cos, sin, qw, kw)
+    assert rel_err(q, q_ref) < TOL
+    assert rel_err(k, k_ref) < TOL
+
+
+@pytest.mark.parametrize("num_tokens,d", [(1, 12288), (45, 4864), (512, 1536)])
+def test_silu_mul(num_tokens: int, d: int) -> None:
+    from kernels.ops import silu_mul, silu_mul_ref
+
+    x = torch.randn(num_tokens, 2 * d, device=DEVICE, dtype=torch.bfloat16)
+    assert rel_err(silu_mul(x), silu_mul_ref(x.float())) < TOL
+
+
+@pytest.mark.parametrize("heads", [(8, 128), (3, 64)])
+def test_kv_store(heads: tuple[int, int]) -> None:
+    from kernels.ops import kv_store, kv_store_ref
+
+    num_kv_heads, head_dim = heads
+    k_cache = torch.randn(64, 16, num_kv_heads, head_dim, device=DEVICE).to(torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    kv = torch.randn(100, 2 * num_kv_heads * head_dim, device=DEVICE, dtype=torch.bfloat16)
+    k, v = (t.view(100, num_kv_heads, head_dim) for t in kv.chunk(2, dim=-1))
+    slots = torch.randperm(64 * 16, device=DEVICE)[:100]
+    kv_store(k_cache, v_cache, slots, k, v)
+    kv_store_ref(k_ref, v_ref, slots, k, v)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+# ---------------------------------------------------------------- attention
+
+
+def _check_attention(backend: str, mode: str, batch_size: int, context: int, page_size: int,
+                     heads: tuple[int, int], head_dim: int) -> None:
+    q_lens, kv_lens = batch_lens(mode, batch_size, context)
+    case = make_case(q_lens, kv_lens, page_size, heads[0], heads[1], head_dim, torch.bfloat16,
+                     DEVICE, seed=batch_size * 7919 + context)
+    out, ref = run_backend(backend, case)
+    err = rel_err(out, ref)
+    assert err < TOL, f"{backend} {mode}: relative error {err:.3e}"
+
+
+def _grid(fn):
+    """The attention grid: 2 modes x 3 batch sizes x 4 contexts x 2 page sizes x 6 heads."""
+    marks = [
+        pytest.mark.parametrize("head_dim", HEAD_DIMS),
+        pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}x{h[1]}"),
+        pytest.mark.parametrize("page_size", PAGE_SIZES),
+        pytest.mark.parametrize("context", CONTEXTS),
+        pytest.mark.parametrize("batch_size", BATCH_SIZES),
+        pytest.mark.parametrize("mode", ["decode", "mixed"]),
+    ]
+    for mark in marks:
+        fn = mark(fn)
+    return fn
+
+
+@_grid
+def test_triton_attention(mode, batch_size, context, page_size, heads, head_dim) -> None:
+    _check_attention("triton", mode, batch_size, context, page_size, heads, head_dim)
+
+
+@_grid
+def test_flashinfer_attention(mode, batch_size, context, page_size, heads, head_dim) -> None:
+    pytest.importorskip("flashinfer")
+    _check_attention("flashinfer", mode, batch_size, context, page_size, heads, head_dim)
+
+
+def test_auto_backend_prefers_flashinfer() -> None:
+    from kernels.attention import create_backend
+    from kernels.kv_cache import KVCache
+
+    cache = KVCache(1, 4, 16, 2, 64, torch.bfloat16, DEVICE)
+    expected = "flashinfer" if importlib.util.find_spec("flashinfer") else "triton"
+    assert create_backend("auto", cache, 4, 0.125).name == expected

@@ -1,0 +1,62 @@
+"""Every Triton kernel under ``TRITON_INTERPRET=1`` on CPU tensors against its torch reference.
+
+The interpreter must be chosen before Triton is imported, so the checks in
+``interpreted_checks.py`` run in one subprocess (about 20 s on two cores) and each becomes one
+test here. Inputs are tiny, random and float32: the bound is 1e-3 relative error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.kernels.interpreted_checks import CHECKS
+
+pytest.importorskip("triton")
+
+TOL = 1e-3
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def interpreted_results() -> dict[str, float | str]:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.interpreted_checks"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_interpreted_kernel(name: str, interpreted_results: dict[str, float | str]) -> None:
+    result = interpreted_results[name]
+    assert not isinstance(result, str), result
+    assert result < TOL, f"{name}: relative error {result:.3e}"
+
+
+def test_auto_backend_on_cpu_is_torch() -> None:
+    from kernels.attention import available_backends, create_backend
+    from kernels.kv_cache import KVCache
+
+    cache = KVCache(1, 2, 4, 1, 8, torch.float32, "cpu")
+    assert create_backend("auto", cache, 2, 0.5).name == "torch"
+    assert {"torch", "triton", "flashinfer"} <= set(available_backends())
+
+
+def test_ops_fall_back_to_torch_on_cpu() -> None:
+    """Without the interpreter the public ops run their references on CPU tensors."""
+    from kernels.ops import rmsnorm, rmsnorm_ref, silu_mul, silu_mul_ref
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter forced for the whole session")
+    x, w = torch.randn(3, 8), torch.rand(8) + 0.5
+    assert torch.equal(rmsnorm(x, w, 1e-6)[0], rmsnorm_ref(x, w, 1e-6)[0])
+    assert torch.equal(silu_mul(x), silu_mul_ref(x))
