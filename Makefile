@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 serve: $(STAMP)
+	$(VENV)/bin/agentspeed serve
+
+chat: $(STAMP)
 	$(VENV)/bin/agentspeed chat
 
 test: $(STAMP)

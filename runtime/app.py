@@ -20,10 +20,11 @@ from engine.default_model import eos_token_ids
 from engine.loader import load_config
 from engine.tokenizer import load_tokenizer
 from runtime.engine_client import EngineClient
+from runtime.guard import api_error_of
 from runtime.protocol.errors import APIError, authentication, error_body, server_error
 from runtime.state import ServerConfig, ServerState
 from sessions.manager import SessionManager, owner_of
-from sessions.stores.memory import MemoryStore
+from sessions.stores import StoreUnavailableError, open_store
 from tools.render import ChatRenderer
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def owner(config: ServerConfig, headers) -> str:
 
 
 async def build_state(config: ServerConfig, engine_config: EngineConfig) -> ServerState:
+    store = open_store(config.session_store)  # before the engine: a bad URL fails at once
     engine = EngineClient(engine_config, log_level=config.log_level)
     ready = await engine.start()
     tokenizer = load_tokenizer(ready.model_path)
@@ -59,7 +61,7 @@ async def build_state(config: ServerConfig, engine_config: EngineConfig) -> Serv
     return ServerState(
         config=config, engine=engine, ready=ready, tokenizer=tokenizer,
         renderer=ChatRenderer(tokenizer, eot),
-        sessions=SessionManager(MemoryStore(), lease_s=config.lease_s))
+        sessions=SessionManager(store, lease_s=config.lease_s))
 
 
 def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
@@ -74,6 +76,7 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
             yield
         finally:
             await app.state.server.engine.shutdown()
+            await app.state.server.sessions.store.close()
 
     app = FastAPI(title="agentspeed", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -93,6 +96,10 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, err: APIError):
         return error_response(err)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def on_store_unavailable(request: Request, exc: StoreUnavailableError):
+        return error_response(api_error_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
@@ -126,7 +133,8 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await chat.handle(request.app.state.server, await _body(request, config))
+        return await chat.handle(request.app.state.server, await _body(request, config),
+                                 owner(config, request.headers))
 
     @app.post("/v1/responses")
     async def create_response(request: Request):

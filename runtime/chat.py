@@ -19,7 +19,7 @@ from runtime.state import ServerState
 from tools.parsers.base import TextDelta, ToolCallArgsDelta, ToolCallStart
 
 
-async def handle(state: ServerState, body: bytes) -> Response:
+async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     request = decode_request(body, t.ChatCompletionRequest)
     if not state.accepts_model(request.model):
         raise not_found(f"The model '{request.model}' does not exist.", "model",
@@ -28,13 +28,16 @@ async def handle(state: ServerState, body: bytes) -> Response:
     tools = convert.chat_tools(request)
     choice = request.tool_choice or ("auto" if tools else "none")
     params = convert.chat_sampling(request)
+    strict = any(t.function.strict for t in request.tools or [])
     params, parser = sampling_for_tools(state, params, tools, _choice_name(choice),
-                                        _response_format(request))
+                                        _response_format(request), strict,
+                                        request.parallel_tool_calls is not False)
     prompt_ids = _render(state, messages, tools if choice != "none" else [])
     convert.check_fits(state, prompt_ids, params, "messages",
                        "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
     completion_id = "chatcmpl-" + secrets.token_hex(12)
-    events = generate(state.engine, state.tokenizer, completion_id, prompt_ids, params, parser)
+    events = generate(state.engine, state.tokenizer, completion_id, prompt_ids, params, parser,
+                      None, state.cache_salt(owner))
     if request.stream:
         slot = generation_slot(state, "chat")
         await slot.__aenter__()  # 429 before the stream starts, not inside it

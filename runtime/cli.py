@@ -71,6 +71,8 @@ def serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key or ()),
                           served_model_name=args.served_model_name,
+                          session_store=args.session_store,
+                          salt_cache_per_key=args.salt_cache_per_key,
                           log_level=args.log_level.upper())
     app = create_app(config, engine_config_from_args(args))
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
@@ -93,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--api-key", action="append", default=None,
                               help="accepted bearer key (repeatable); none: no auth")
     serve_parser.add_argument("--served-model-name", default=None)
+    serve_parser.add_argument("--salt-cache-per-key", action="store_true",
+                              help="never share cached prefixes between API keys")
+    serve_parser.add_argument(
+        "--session-store", default=None, metavar="URL",
+        help="sqlite:///ABS/PATH, redis://HOST:PORT/DB or memory:// "
+             "(default: $AGENTSPEED_CACHE/sessions.sqlite3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "chat":

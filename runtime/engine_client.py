@@ -24,6 +24,7 @@ from engine.engine_process import run_engine
 from engine.ipc import (
     AbortRequests,
     AddRequest,
+    CloseSession,
     EngineDead,
     EngineReady,
     EngineStats,
@@ -31,9 +32,11 @@ from engine.ipc import (
     RequestFailed,
     Shutdown,
     StepOutputs,
+    TouchSession,
 )
 from engine.outputs import EngineOutput
 from engine.sampling_params import SamplingParams
+from engine.session_pins import SessionHint
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +125,9 @@ class EngineClient:
     def is_alive(self) -> bool:
         return self._dead is None
 
-    async def generate(self, request_id: str, prompt_ids: list[int],
-                       params: SamplingParams) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                       session: SessionHint | None = None,
+                       cache_salt: str = "") -> AsyncIterator[EngineOutput]:
         """Stream the engine's outputs for one request; leaving early aborts it in the engine."""
         if self._dead is not None:
             raise EngineError(self._dead, server_error=True)
@@ -133,7 +137,7 @@ class EngineClient:
         finished = False
         try:
             await self._to_engine.send(self._encoder.encode(
-                AddRequest(request_id, list(prompt_ids), params)))
+                AddRequest(request_id, list(prompt_ids), params, session, cache_salt)))
             while not finished:
                 item = await queue.get()
                 if isinstance(item, EngineError):
@@ -145,6 +149,16 @@ class EngineClient:
             del self._queues[request_id]
             if not finished and self._dead is None:
                 await self.abort([request_id])
+
+    async def touch_session(self, session_id: str, lease_s: float | None = None,
+                            retention: int | None = None) -> None:
+        if self._dead is None:
+            await self._to_engine.send(self._encoder.encode(
+                TouchSession(session_id, lease_s, retention)))
+
+    async def close_session(self, session_id: str) -> None:
+        if self._dead is None:
+            await self._to_engine.send(self._encoder.encode(CloseSession(session_id)))
 
     async def abort(self, request_ids: list[str]) -> None:
         await self._to_engine.send(self._encoder.encode(AbortRequests(list(request_ids))))

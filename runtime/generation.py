@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
+from engine.session_pins import SessionHint
 from runtime.engine_client import EngineClient
 from tools.parsers.base import (
     ParserEvent,
@@ -64,6 +65,8 @@ async def generate(
     prompt_ids: list[int],
     params: SamplingParams,
     parser: ToolCallParser | None,
+    session: SessionHint | None = None,
+    cache_salt: str = "",
 ) -> AsyncIterator[GenerationEvent]:
     """Yield parser events as text forms, then one ``Finished``; raises ``EngineError``."""
     detok = IncrementalDetokenizer(tokenizer, prompt_ids, params)
@@ -71,7 +74,7 @@ async def generate(
     output_ids: list[int] = []
     logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
     finish, cached, first_token_time = None, 0, None
-    async for out in engine.generate(request_id, prompt_ids, params):
+    async for out in engine.generate(request_id, prompt_ids, params, session, cache_salt):
         if out.new_token_ids and first_token_time is None:
             first_token_time = time.monotonic()
         cached = out.num_cached_tokens

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+
+from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from runtime.engine_client import EngineError
 from runtime.protocol.errors import APIError, invalid, rate_limited, server_error
 from runtime.state import ServerState
 from sessions.manager import ResponseNotFoundError
 from sessions.stores.base import StoreUnavailableError
+from tools.constrained import (
+    FunctionSchema,
+    NamedToolChoice,
+    response_format_grammar,
+    tool_call_grammar,
+)
 from tools.parsers.base import ToolCallParser, get_parser
 
 logger = logging.getLogger(__name__)
@@ -60,9 +69,15 @@ class generation_slot:  # noqa: N801 - used like a function: `async with generat
 
 
 def sampling_for_tools(state: ServerState, params: SamplingParams, tools: list[dict],
-                       choice: str, response_format) -> tuple[SamplingParams,
-                                                              ToolCallParser | None]:
-    """Pick the tool-call parser for a request (constrained decoding is attached here too)."""
+                       choice: str, response_format, strict_tools: bool = False,
+                       parallel: bool = True) -> tuple[SamplingParams, ToolCallParser | None]:
+    """Pick the tool-call parser and attach the grammar that constrained decoding enforces.
+
+    ``tool_choice`` required / named always constrains the output to valid calls of the listed
+    tools (so even a small model calls them correctly); ``auto`` constrains what is inside a
+    ``<tool_call>`` block when a tool is ``strict``; ``response_format`` json_object /
+    json_schema constrains a plain answer.
+    """
     if choice not in ("auto", "none", "required") and not choice.startswith("function:"):
         raise invalid(f"unknown tool_choice {choice!r}", "tool_choice")
     if choice.startswith("function:"):
@@ -73,4 +88,21 @@ def sampling_for_tools(state: ServerState, params: SamplingParams, tools: list[d
     if choice == "required" and not tools:
         raise invalid("tool_choice 'required' needs at least one tool", "tool_choice")
     parser = get_parser("hermes")() if tools and choice != "none" else None
+    grammar = None
+    try:
+        if tools and (choice in ("required",) or choice.startswith("function:")
+                      or (choice == "auto" and strict_tools)):
+            functions = [FunctionSchema(t["name"], t.get("parameters")) for t in tools]
+            tc = (NamedToolChoice(choice.removeprefix("function:"))
+                  if choice.startswith("function:") else choice)
+            grammar = tool_call_grammar(functions, tc, parallel)
+        elif response_format is not None:
+            grammar = response_format_grammar(response_format[0], response_format[1])
+    except InvalidRequestError as exc:
+        raise invalid(exc.message, exc.param) from None
+    if grammar is not None:
+        if params.ignore_eos:
+            raise invalid("ignore_eos cannot be combined with constrained output",
+                          "ignore_eos")
+        params = msgspec.structs.replace(params, grammar=grammar)
     return params, parser

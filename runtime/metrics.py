@@ -31,6 +31,18 @@ class Metrics:
         self.kv_usage = Gauge("agentspeed_kv_cache_usage_ratio",
                               "Fraction of KV pages in use by requests", registry=r)
         self.preemptions = Gauge("agentspeed_preemptions", "Preemptions so far", registry=r)
+        self.cache_hit_rate = Gauge("agentspeed_prefix_cache_hit_ratio",
+                                    "Cached / scheduled prompt tokens since start", registry=r)
+        self.sessions = Gauge("agentspeed_live_sessions", "Sessions with pinned or host KV",
+                              registry=r)
+        self.evicted = Gauge("agentspeed_evicted_pages", "KV pages evicted so far, by class",
+                             ["eviction_class"], registry=r)
+        self.demotions = Gauge("agentspeed_session_demotions",
+                               "Session pins demoted to the host tier so far", registry=r)
+        self.prefetches = Gauge("agentspeed_session_prefetches",
+                                "Host-tier prefetches so far", registry=r)
+        self.prefetch_seconds = Gauge("agentspeed_session_prefetch_seconds",
+                                      "Time spent copying host-tier KV back", registry=r)
         self.connections = Gauge("agentspeed_websocket_connections", "Open WebSockets",
                                  registry=r)
 
@@ -45,6 +57,16 @@ class Metrics:
         self.kv_pages.labels("in_use").set(in_use)
         self.kv_usage.set(in_use / max(1, stats.num_total_pages))
         self.preemptions.set(stats.num_preemptions)
+        self.kv_pages.labels("pinned").set(stats.num_pinned_pages)
+        self.kv_pages.labels("host_tier").set(stats.num_host_pages)
+        total = stats.num_computed_tokens + stats.num_cached_tokens
+        self.cache_hit_rate.set(stats.num_cached_tokens / total if total else 0.0)
+        self.sessions.set(stats.num_sessions)
+        self.evicted.labels("session").set(stats.num_evicted_session_pages)
+        self.evicted.labels("plain").set(stats.num_evicted_pages - stats.num_evicted_session_pages)
+        self.demotions.set(stats.num_demotions)
+        self.prefetches.set(stats.num_prefetches)
+        self.prefetch_seconds.set(stats.prefetch_seconds)
 
     def observe_finished(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
                          ttft_s: float | None, decode_s: float | None) -> None:

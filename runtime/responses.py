@@ -15,12 +15,14 @@ import msgspec
 from fastapi.responses import Response, StreamingResponse
 
 from engine.sampling_params import SamplingParams
+from engine.session_pins import RETENTION_NORMAL, RETENTION_TOOL_WAIT, SessionHint
 from runtime import convert
 from runtime.generation import Finished, generate
 from runtime.guard import api_error_of, generation_slot, sampling_for_tools
 from runtime.protocol import responses as r
 from runtime.protocol.codec import decode_request, encode_json
 from runtime.protocol.errors import APIError, invalid, not_found
+from runtime.protocol.response_events import ErrorEvent
 from runtime.response_stream import ResponseStream
 from runtime.state import ServerState
 from sessions.manager import ResponseNotFoundError, new_response_id
@@ -39,6 +41,7 @@ class Turn:
     params: SamplingParams
     parser: ToolCallParser | None
     tools: list[dict]
+    session_id: str  # the chain's first response id; the engine pins KV under it
 
 
 async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: str,
@@ -49,6 +52,8 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
                         "model_not_found")
     tools = convert.response_tools(request)
     generate_now = bool(request.generate)
+    response_id = new_response_id()
+    session_id = response_id
     try:
         if request.previous_response_id:
             try:
@@ -56,6 +61,7 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
             except ResponseNotFoundError as exc:
                 raise api_error_of(exc) from None
             tools = tools or list(prev.tools or [])
+            session_id = prev.session_id or prev.response_id
             messages = convert.response_messages(request, with_instructions=False)
             prompt_ids = prev.token_ids + state.renderer.render_continuation(
                 messages, tools or None, after_end_of_turn=prev.ends_with_end_of_turn,
@@ -78,11 +84,13 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
         response_format = ("json_object", None)
     elif isinstance(fmt, r.FormatJSONSchema):
         response_format = ("json_schema", fmt.schema)
-    params, parser = sampling_for_tools(state, params, tools, choice_name, response_format)
+    strict = any(t.strict for t in request.tools)
+    params, parser = sampling_for_tools(state, params, tools, choice_name, response_format,
+                                        strict, bool(request.parallel_tool_calls))
     if not generate_now:
         params = SamplingParams(max_tokens=1, temperature=0.0)  # prefill only; output dropped
     convert.check_fits(state, prompt_ids, params, "input", "max_output_tokens")
-    return Turn(request, new_response_id(), owner, prompt_ids, params, parser, tools)
+    return Turn(request, response_id, owner, prompt_ids, params, parser, tools, session_id)
 
 
 async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
@@ -97,8 +105,10 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
     final: Finished | None = None
     try:
         async with generation_slot(state, "responses"):
+            hint = SessionHint(turn.session_id, state.config.lease_s, RETENTION_NORMAL)
             events = generate(state.engine, state.tokenizer, turn.response_id, turn.prompt_ids,
-                              turn.params, turn.parser if turn.request.generate else None)
+                              turn.params, turn.parser if turn.request.generate else None,
+                              hint, state.cache_salt(turn.owner))
             async for event in events:
                 if isinstance(event, Finished):
                     final = event
@@ -112,13 +122,18 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
     assert final is not None
     if not turn.request.generate:  # a preparation: nothing was generated as far as clients see
         final = Finished([], "", [], "stop", final.prompt_tokens, final.cached_tokens)
-    for out in stream.finish(final):
+    if final.tool_calls:  # the agent now runs a tool: keep this session's KV above all others
+        await state.engine.touch_session(turn.session_id, retention=RETENTION_TOOL_WAIT)
+    done = stream.finish(final)
+    # Committed before "completed" leaves: a client that saw it can continue the chain even if
+    # this process dies right after. A store outage raises StoreUnavailableError (503).
+    await save(state, turn, final, response, local)
+    for out in done:
         yield out
     state.metrics.requests.labels("responses", "ok").inc()
     ttft = final.first_token_time - start if final.first_token_time else None
     state.metrics.observe_finished(final.prompt_tokens, final.cached_tokens,
                                    final.completion_tokens, ttft, time.monotonic() - start)
-    await save(state, turn, final, response, local)
 
 
 async def save(state: ServerState, turn: Turn, final: Finished, response: r.Response,
@@ -131,7 +146,7 @@ async def save(state: ServerState, turn: Turn, final: Finished, response: r.Resp
     record = ResponseRecord(
         response_id=turn.response_id, owner=turn.owner, model=state.model_name,
         created_at=time.time(), token_ids=tokens, ends_with_end_of_turn=ends,
-        previous_response_id=turn.request.previous_response_id,
+        previous_response_id=turn.request.previous_response_id, session_id=turn.session_id,
         instructions=turn.request.instructions, tools=turn.tools or None,
         store=bool(turn.request.store), response_json=encode_json(response))
     await state.sessions.save(record, local)
@@ -155,9 +170,17 @@ async def handle_http(state: ServerState, body: bytes, owner: str) -> Response:
 
 
 async def _sse(events: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
-    async for event in events:
-        kind = type(event).__struct_config__.tag
-        yield b"event: " + kind.encode() + b"\ndata: " + encode_json(event) + b"\n\n"
+    seq = 0
+    try:
+        async for event in events:
+            seq = event.sequence_number + 1
+            kind = type(event).__struct_config__.tag
+            yield b"event: " + kind.encode() + b"\ndata: " + encode_json(event) + b"\n\n"
+    except Exception as exc:  # e.g. the session store went away: end with an error event
+        err = api_error_of(exc)
+        event = ErrorEvent(sequence_number=seq, message=err.message, code=err.code,
+                           param=err.param)
+        yield b"event: error\ndata: " + encode_json(event) + b"\n\n"
 
 
 async def get(state: ServerState, response_id: str, owner: str) -> Response:
@@ -170,7 +193,9 @@ async def get(state: ServerState, response_id: str, owner: str) -> Response:
 
 async def delete(state: ServerState, response_id: str, owner: str) -> dict:
     try:
+        record = await state.sessions.get(response_id, owner)
         await state.sessions.delete(response_id, owner)
+        await state.engine.close_session(record.session_id or record.response_id)
     except ResponseNotFoundError:
         raise not_found(f"Response with id '{response_id}' not found.", "response_id") from None
     return {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -24,6 +24,8 @@ class ServerConfig:
     max_connections: int = 1024  # open WebSockets
     max_lanes_per_connection: int = 32
     lease_s: float = 600.0  # how long a finished turn's session stays pinned
+    salt_cache_per_key: bool = False  # True: no cached prefix is ever shared across API keys
+    session_store: str | None = None  # URL for sessions.stores.open_store; None: default SQLite
     log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
@@ -49,6 +51,9 @@ class ServerState:
     def model_name(self) -> str:
         return self.config.served_model_name or os.path.basename(
             self.ready.model_path.rstrip("/"))
+
+    def cache_salt(self, owner: str) -> str:
+        return owner if self.config.salt_cache_per_key else ""
 
     def accepts_model(self, name: str | None) -> bool:
         return name in (None, "", self.model_name, "default", "agentspeed")

@@ -13,6 +13,7 @@ class ResponseRecord(msgspec.Struct, kw_only=True):
     token_ids: list[int]  # exact prompt + output (+ end-of-turn) the model has seen
     ends_with_end_of_turn: bool  # False for a `generate: false` preparation
     previous_response_id: str | None = None
+    session_id: str = ""  # the chain's first response id: the engine pins KV under it
     instructions: str | None = None
     tools: list[dict] | None = None  # function tool specs {name, description, parameters}
     store: bool = True  # False: lives only for the connection (WebSocket) that made it

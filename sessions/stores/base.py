@@ -1,7 +1,12 @@
 """The session store contract: response records by id, with a time-to-live.
 
 Implementations are async and safe to share by all requests of one API process. ``get`` of a
-missing or expired id returns None; ``put`` overwrites; TTLs follow the session's lease.
+missing or expired id returns None; ``put`` overwrites (record and TTL; ``None``: no expiry);
+``delete`` says whether the id was there; TTLs follow the session's lease. ``put`` returns only
+once the record is as durable as the backend gets, so a caller reports a turn finished after it.
+A backend that cannot be reached raises ``StoreUnavailableError`` quickly (seconds, not minutes)
+and the same store object works again once the backend is back. Pick one with
+``sessions.stores.open_store(url)``.
 """
 
 from __future__ import annotations
