@@ -11,10 +11,11 @@ import logging
 import sys
 
 from engine.config import EngineConfig
+from runtime.state import ServerConfig
 
 _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
-                 "seed")
+                 "seed", "speculative_drafter", "num_speculative_tokens")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     for name in _ENGINE_FLAGS:
         default = defaults[name].default
         kind = int if name in ("page_size", "num_pages", "max_model_len", "max_num_seqs",
-                               "max_num_batched_tokens", "seed") else str
+                               "max_num_batched_tokens", "seed",
+                               "num_speculative_tokens") else str
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
                             help=f"(default: {default})")
     parser.add_argument("--no-prefix-caching", action="store_true")
@@ -67,12 +69,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from runtime.app import create_app
-    from runtime.state import ServerConfig
 
     config = ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key or ()),
                           served_model_name=args.served_model_name,
                           session_store=args.session_store,
                           salt_cache_per_key=args.salt_cache_per_key,
+                          max_connections=args.max_connections,
+                          max_concurrent_requests=args.max_concurrent_requests,
                           log_level=args.log_level.upper())
     app = create_app(config, engine_config_from_args(args))
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
@@ -95,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--api-key", action="append", default=None,
                               help="accepted bearer key (repeatable); none: no auth")
     serve_parser.add_argument("--served-model-name", default=None)
+    serve_parser.add_argument("--max-connections", type=int,
+                              default=ServerConfig.max_connections, help="open WebSockets")
+    serve_parser.add_argument("--max-concurrent-requests", type=int,
+                              default=ServerConfig.max_concurrent_requests,
+                              help="generations in flight; more get 429")
     serve_parser.add_argument("--salt-cache-per-key", action="store_true",
                               help="never share cached prefixes between API keys")
     serve_parser.add_argument(

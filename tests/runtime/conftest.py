@@ -8,11 +8,13 @@ import pytest
 from tests.runtime.server import ServerProcess
 
 API_KEY = "sk-test-owner"
+MAX_CONNECTIONS = 8
 
 
 @pytest.fixture(scope="session")
 def server(default_model_path):
     proc = ServerProcess("--num-pages", "1024", "--max-model-len", "4096",
+                         "--max-connections", str(MAX_CONNECTIONS),
                          api_keys=(API_KEY, "sk-test-other")).wait_ready()
     yield proc
     proc.stop()

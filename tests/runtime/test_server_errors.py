@@ -165,3 +165,44 @@ def test_server_still_serves_after_the_errors(server, client):
     out = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=MSG,
                                          max_tokens=4)
     assert out.choices[0].message.content is not None
+
+
+def test_too_many_websockets_is_refused_then_recovers(server):
+    from tests.runtime.conftest import MAX_CONNECTIONS
+
+    sockets = [ws_connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(server)
+        assert info.value.response.status_code == 429
+    finally:
+        for ws in sockets:
+            ws.close()
+    with ws_connect(server) as ws:  # slots free again once sockets close
+        ws.send(json.dumps({"type": "response.create", "input": "hi", "max_output_tokens": 2}))
+        assert next_terminal(ws)["type"] in ("response.completed", "response.incomplete")
+
+
+def test_closing_the_socket_aborts_and_frees_kv(server):
+    def gauge(name):
+        for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(name)
+
+    ws = ws_connect(server)
+    ws.send(json.dumps({"type": "response.create", "input": "Write a very long story.",
+                        "max_output_tokens": 2000, "temperature": 0}))
+    while json.loads(ws.recv(timeout=120))["type"] != "response.output_text.delta":
+        pass
+    ws.close()
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if gauge("agentspeed_running_requests") == 0 and \
+                gauge('agentspeed_kv_pages{state="in_use"}') == 0:
+            break
+        time.sleep(0.2)
+    assert gauge("agentspeed_running_requests") == 0
+    assert gauge('agentspeed_kv_pages{state="in_use"}') == 0
