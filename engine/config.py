@@ -13,6 +13,7 @@ from dataclasses import dataclass
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICES = ("auto", "cpu", "cuda")
 _LOAD_FORMATS = ("auto", "dummy")
+_DRAFTERS = ("none", "suffix", "ngram")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class EngineConfig:
     pin_budget_fraction: float = 0.5  # share of the KV pool that session pins may hold
     host_tier_gb: float = 2.0  # host memory for demoted session KV
     attention_backend: str = "auto"
+    enforce_eager: bool = False  # True: no decode CUDA graphs (engine.cuda_graphs)
     seed: int = 0
+    speculative_drafter: str = "none"  # none | suffix | ngram (engine.spec)
+    num_speculative_tokens: int = 4  # most drafts verified per request per step
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -72,6 +76,11 @@ class EngineConfig:
             raise ValueError("pin_budget_fraction must be in [0, 1]")
         if self.host_tier_gb < 0:
             raise ValueError("host_tier_gb must be >= 0")
+        if self.speculative_drafter not in _DRAFTERS:
+            raise ValueError(f"speculative_drafter must be one of {_DRAFTERS}, got "
+                             f"{self.speculative_drafter!r}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError("num_speculative_tokens must be in [1, 16]")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
 

@@ -12,6 +12,7 @@ from engine.request import FinishReason, Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.session_pins import SessionHint
+from engine.spec import SpecDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class EngineCore:
                                     self.runner.host_tier_pages)
         )
         self._requests: dict[str, Request] = {}
+        self.spec: SpecDecoder | None = None
+        if config.speculative_drafter != "none":
+            self.spec = SpecDecoder(config.speculative_drafter, config.num_speculative_tokens)
 
     # ---------------------------------------------------------------- requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -70,6 +74,8 @@ class EngineCore:
         self._requests.pop(request_id, None)
         if request is None:
             return None
+        if self.spec is not None:
+            self.spec.release(request)
         return self._output(request, [], None)
 
     def touch_session(self, session_id: str, lease_s: float | None = None,
@@ -92,10 +98,13 @@ class EngineCore:
 
     # -------------------------------------------------------------------- step
     def step(self) -> list[EngineOutput]:
+        if self.spec is not None:
+            self.spec.propose(self.scheduler.running)
         sched_out = self.scheduler.schedule()
         self.runner.host_tier.execute(sched_out.session_ops)
         if sched_out.is_empty:
             return []
+        num_drafts = {s.request.request_id: len(s.draft_ids) for s in sched_out.requests}
         sampled = self.runner.execute(sched_out)
         token_ids = {rid: [t.token_id for t in tokens] for rid, tokens in sampled.items()}
         num_before = {s.request.request_id: len(s.request.output_ids) for s in sched_out.requests}
@@ -103,9 +112,17 @@ class EngineCore:
         for request in self.scheduler.update(sched_out, token_ids):
             new_ids = request.output_ids[num_before[request.request_id] :]
             outputs.append(self._output(request, new_ids, sampled[request.request_id]))
+            if self.spec is not None:
+                self._observe_spec(request, num_drafts[request.request_id], len(new_ids))
             if request.is_finished:
                 del self._requests[request.request_id]
         return outputs
+
+    def _observe_spec(self, request: Request, num_drafts: int, num_emitted: int) -> None:
+        if num_drafts:
+            self.spec.observe(request, num_drafts, num_emitted)
+        if request.is_finished:
+            self.spec.release(request)
 
     def _output(self, request: Request, new_ids: list[int], sampled) -> EngineOutput:
         logprobs = None

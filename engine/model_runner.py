@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.config import EngineConfig
+from engine.cuda_graphs import CudaGraphRunner
 from engine.default_model import eos_token_ids, resolve_model
 from engine.host_tier import HostTier
 from engine.loader import load_model
@@ -84,6 +85,7 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self._grammar_compiler: GrammarCompiler | None = None  # built by the first grammar
+        self.graphs = self._capture_graphs()
         logger.info(
             "model %s on %s (%s): %d KV pages of %d tokens, context %d",
             self.model_path, self.device, self.dtype, self.num_pages, config.page_size,
@@ -118,20 +120,34 @@ class ModelRunner:
         for scheduled in out.requests:
             request, start, n = scheduled.request, scheduled.start, scheduled.num_new_tokens
             pages = request.page_ids
-            input_ids.extend(request.all_ids[start : start + n])
+            input_ids.extend(request.all_ids[start : start + n - len(scheduled.draft_ids)])
+            input_ids.extend(scheduled.draft_ids)
             positions.extend(range(start, start + n))
             slots.extend(pages[pos // ps] * ps + pos % ps for pos in range(start, start + n))
             q_lens.append(n)
             kv_lens.append(start + n)
             page_table.append(pages)
-            if scheduled.sample:
-                sample_rows.append(len(input_ids) - 1)
+            if scheduled.sample:  # with drafts: logits at the last known token and each draft
+                sample_rows.extend(range(len(input_ids) - 1 - len(scheduled.draft_ids),
+                                         len(input_ids)))
                 samplers.append(request)
-        self.attn.plan(AttentionBatch(q_lens, kv_lens, page_table, self._tensor(slots)))
-        hidden = self.model(self._tensor(input_ids), self._tensor(positions), self.attn)
+        if self.graphs is not None and max(q_lens, default=0) == 1 and self.graphs.can_run(
+                len(q_lens)):
+            hidden = self.graphs.run(input_ids, kv_lens, page_table)
+            rows_gpu = None  # every row samples in a decode step
+        else:
+            ids_gpu, pos_gpu, slots_gpu, rows_gpu = self._upload(
+                input_ids, positions, slots, sample_rows)
+            self.attn.plan(AttentionBatch(q_lens, kv_lens, page_table, slots_gpu))
+            hidden = self.model(ids_gpu, pos_gpu, self.attn)
         if not samplers:
             return {}
-        logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
+        if len(sample_rows) < hidden.shape[0]:  # rows are distinct: equal count means all rows
+            hidden = hidden[rows_gpu if rows_gpu is not None else self._tensor(sample_rows)]
+        logits = self.model.compute_logits(hidden)
+        if len(sample_rows) > len(samplers):
+            return self._verify_drafts(logits, samplers, [s.draft_ids for s in out.requests
+                                                          if s.sample])
         constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
         if constrained:
             self._mask_logits(logits, samplers, constrained)
@@ -148,6 +164,38 @@ class ModelRunner:
             accepted = samplers[i].grammar_state.accept(tokens[i].token_id)
             assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
         return {r.request_id: [t] for r, t in zip(samplers, tokens)}
+
+    # ------------------------------------------------------------ speculative decoding
+    def _verify_drafts(
+        self, logits: torch.Tensor, samplers: list[Request], drafts: list[list[int]]
+    ) -> dict[str, list[SampledToken]]:
+        """Sample a step that verifies drafts (``engine.spec.verify``); returns each request's
+        accepted drafts plus one token. ``logits``: (sum(1 + len(d) for d in drafts), vocab),
+        each request's rows together; an empty draft is a plain one-row request."""
+        from engine.spec.verify import verify
+
+        last_rows, row = [], -1
+        for draft in drafts:
+            row += 1 + len(draft)
+            last_rows.append(row)
+        constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
+        if constrained:
+            assert all(not drafts[i] for i in constrained), "constrained requests never draft"
+            last_gpu = self._tensor(last_rows)
+            last = logits.index_select(0, last_gpu)  # (num_samplers, vocab)
+            self._mask_logits(last, samplers, constrained)
+            logits.index_copy_(0, last_gpu, last)
+        rows = []
+        for request in samplers:
+            if request.sampler_state is None and request.params.seed is not None:
+                request.sampler_state = make_generator(request.params, self.device)
+            rows.append(SampleRow(request.params, request.prompt_ids, request.output_ids,
+                                  request.sampler_state))
+        results = verify(self.sampler, logits, rows, drafts)
+        for i in constrained:
+            accepted = samplers[i].grammar_state.accept(results[i][0].token_id)
+            assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
+        return {r.request_id: tokens for r, tokens in zip(samplers, results)}
 
     # ------------------------------------------------------------ structured output
     @property
@@ -194,6 +242,27 @@ class ModelRunner:
                 masked.append(i)
         if masked:
             apply_bitmask(logits, bitmask, rows=masked)
+
+    # ------------------------------------------------------------ fast path
+    def _capture_graphs(self) -> CudaGraphRunner | None:
+        """Decode CUDA graphs when on CUDA with FlashInfer attention, unless ``enforce_eager``."""
+        from kernels.attention.flashinfer_backend import FlashInferAttention
+
+        if (self.config.enforce_eager or self.device.type != "cuda"
+                or not isinstance(self.attn, FlashInferAttention)):
+            return None
+        graphs = CudaGraphRunner(self.model, self.kv_cache, self.model.num_heads,
+                                 self.model.head_dim**-0.5, self.config.max_num_seqs,
+                                 self.max_model_len)
+        graphs.capture()
+        return graphs
+
+    def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
+        """int64 device tensors of ``lists`` through one pinned host->device copy (no sync)."""
+        flat = torch.tensor([v for values in lists for v in values], dtype=torch.int64)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        return list(flat.to(self.device, non_blocking=True).split([len(v) for v in lists]))
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)

@@ -63,6 +63,9 @@ class Request:
         # engine.structured.GrammarState when params.grammar is set, made by the runner at the
         # first sample; opaque to the scheduler. It has accepted exactly ``output_ids``.
         self.grammar_state: Any = None
+        # Tokens a drafter guessed will follow (engine.spec); the scheduler takes them for the
+        # next decode step and clears the list, so stale guesses are never verified.
+        self.draft_ids: list[int] = []
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -55,6 +55,10 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     logprobs: int | None = None
     skip_special_tokens: bool = True
     grammar: GrammarSpec | None = None  # constrain the output; None: free
+    # Speculative decoding: None follows the engine (on when it has a drafter, with back-off);
+    # True speculates without the acceptance back-off; False never. Grammars never speculate.
+    speculative: bool | None = None
+    num_speculative_tokens: int | None = None  # drafts per step; None: the engine's setting
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +99,9 @@ class SamplingParams(msgspec.Struct, kw_only=True):
         for token_id in self.stop_token_ids:
             if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
                 raise bad("stop_token_ids", f"holds {token_id}, outside the vocabulary")
+        if self.num_speculative_tokens is not None and not 0 <= self.num_speculative_tokens <= 16:
+            raise bad("num_speculative_tokens",
+                      f"must be between 0 and 16, got {self.num_speculative_tokens}")
         if self.grammar is not None:
             # Compiling (engine.structured) checks the source; only the cheap checks are here.
             if self.grammar.kind not in _GRAMMAR_KINDS:

@@ -28,6 +28,10 @@ class ScheduledRequest:
     start: int  # tokens already computed; this step computes positions start .. start + n - 1
     num_new_tokens: int
     sample: bool  # the step reaches the last known token, so the runner samples the next one
+    # Speculative decoding: guesses for the tokens after the last known one, computed at
+    # positions start + 1 .. start + len(draft_ids) (num_new_tokens counts them) and verified by
+    # the runner, which then returns 1 .. 1 + len(draft_ids) tokens.
+    draft_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self.sessions = SessionPins(self.cache, config.pin_budget_pages, config.host_tier_pages)
         self._pending_ops = SessionOps()  # from pins set between steps
+        self._step_ops = SessionOps()
 
     # ---------------------------------------------------------------- sessions
     def touch_session(self, session_id: str, lease_s: float | None = None,
@@ -102,6 +107,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(session_ops=self._pending_ops)
         self._pending_ops = SessionOps()
+        self._step_ops = out.session_ops  # pins demoted under pressure back up in this step
         if self.config.enable_prefix_caching:
             self.sessions.maintain(out.session_ops)
         budget = self.config.max_num_batched_tokens
@@ -111,6 +117,10 @@ class Scheduler:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             assert num_new > 0, f"running request with nothing to compute: {request}"
+            drafts = self._take_drafts(request, budget)
+            if drafts and not self._reserve(request, request.num_computed_tokens + 1 + len(drafts)):
+                drafts = []  # drafts are optional: drop them before preempting anyone
+            num_new += len(drafts)
             if not self._reserve(request, request.num_computed_tokens + num_new):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -118,7 +128,7 @@ class Scheduler:
                 if victim is request:
                     break
                 continue
-            out.requests.append(self._scheduled(request, num_new))
+            out.requests.append(self._scheduled(request, num_new, drafts))
             budget -= num_new
             i += 1
         # Admitting while preempting would only thrash: the freed pages go to running requests.
@@ -135,10 +145,25 @@ class Scheduler:
             budget -= num_new
         return out
 
-    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+    def _scheduled(self, request: Request, num_new: int,
+                   drafts: list[int] | None = None) -> ScheduledRequest:
         start = request.num_computed_tokens
         self.stats.num_computed_tokens += num_new
-        return ScheduledRequest(request, start, num_new, start + num_new == request.num_tokens)
+        num_known = num_new - len(drafts or ())
+        return ScheduledRequest(request, start, num_new, start + num_known == request.num_tokens,
+                                drafts or [])
+
+    def _take_drafts(self, request: Request, budget: int) -> list[int]:
+        """The request's drafts, trimmed so that the step and every token it could append fit
+        the budget, ``max_tokens`` and ``max_len``; clears ``request.draft_ids``."""
+        drafts, request.draft_ids = request.draft_ids, []
+        if not drafts or request.num_tokens - request.num_computed_tokens != 1:
+            return []
+        # A verify step appends up to len(drafts) + 1 tokens.
+        room = request.max_len - request.num_tokens
+        if request.params.max_tokens is not None:
+            room = min(room, request.params.max_tokens - len(request.output_ids))
+        return drafts[: max(0, min(budget, room) - 1)]
 
     def _admit(self, request: Request, budget: int, out: SchedulerOutput) -> int:
         """Match the cache, lock and allocate; returns the chunk size or 0 if it cannot start."""
@@ -198,6 +223,11 @@ class Scheduler:
 
     def _allocate(self, num: int) -> list[int] | None:
         if self.pool.num_free < num:
+            short = self.pool.num_free + self.cache.num_evictable_pages < num
+            if short and self.sessions.pins and len(self.running) <= 1:
+                # Pins never block progress: when no other running request could free pages
+                # (by finishing or being preempted), demote pins (back up, unlock) for room.
+                self.sessions.demote_until(num - self.pool.num_free, self._step_ops)
             if self.pool.num_free + self.cache.num_evictable_pages < num:
                 return None
             freed = self.cache.evict(num - self.pool.num_free)
@@ -224,13 +254,23 @@ class Scheduler:
             request = scheduled.request
             if request.is_finished:  # aborted while the step ran
                 continue
-            request.num_computed_tokens += scheduled.num_new_tokens
             if not scheduled.sample:
+                request.num_computed_tokens += scheduled.num_new_tokens
                 continue
-            for token_id in sampled[request.request_id]:
+            num_drafts = len(scheduled.draft_ids)
+            token_ids = sampled[request.request_id]
+            assert 1 <= len(token_ids) <= 1 + num_drafts, (
+                f"{request.request_id}: {len(token_ids)} tokens for {num_drafts} drafts")
+            num_appended = 0
+            for token_id in token_ids:
                 request.append_token(token_id)
+                num_appended += 1
                 if request.finish_reason is not None:
                     break
+            # Valid KV: the known tokens, plus the drafts that became the first num_appended - 1
+            # appended tokens. The KV of rejected drafts (and of accepted ones after a finishing
+            # token) stays in its slots as garbage that later writes overwrite; nothing moves.
+            request.num_computed_tokens += scheduled.num_new_tokens - num_drafts + num_appended - 1
             changed.append(request)
             if request.finish_reason is not None:
                 self.running.remove(request)

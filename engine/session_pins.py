@@ -164,6 +164,16 @@ class SessionPins:
                 over -= len(pin.token_ids) // self.page_size
                 self.demote(pin, ops)
 
+    def demote_until(self, num_evictable: int, ops: SessionOps) -> None:
+        """Demote pins, lowest class and soonest expiry first, until ``num_evictable`` pages
+        are evictable (or no pin is left)."""
+        order = sorted((p for p in self.pins.values() if p.pinned),
+                       key=lambda p: (p.retention, p.expires_at))
+        for pin in order:
+            if self.cache.num_evictable_pages >= num_evictable:
+                return
+            self.demote(pin, ops)
+
     def demote(self, pin: Pin, ops: SessionOps) -> None:
         """Back the pin's full pages up to the host tier and drop its lock (not its refs)."""
         assert pin.node is not None, "demoting a pin twice"

@@ -35,6 +35,9 @@ class KVCache:
         shape = (num_pages, page_size, num_kv_heads, head_dim)
         self.k_pages = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_pages = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Slots copied by copy_slots since creation (all layers count once). Only partial-page
+        # prefix reuse copies; speculative decoding must leave this unchanged.
+        self.num_copied_slots = 0
 
     @property
     def num_slots(self) -> int:
@@ -64,6 +67,7 @@ class KVCache:
     def copy_slots(self, src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
         """Copy KV of ``src_slots`` to ``dst_slots`` in every layer (partial-page reuse)."""
         assert src_slots.shape == dst_slots.shape, "copy_slots needs equal lengths"
+        self.num_copied_slots += src_slots.shape[0]
         for layer_id in range(self.num_layers):
             for slots in (self.k_slots(layer_id), self.v_slots(layer_id)):
                 slots.index_copy_(0, dst_slots, slots.index_select(0, src_slots))

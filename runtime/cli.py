@@ -15,7 +15,8 @@ from runtime.state import ServerConfig
 
 _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
-                 "seed", "speculative_drafter", "num_speculative_tokens")
+                 "seed", "speculative_drafter", "num_speculative_tokens", "kv_cache_memory_gb",
+                 "gpu_memory_utilization", "pin_budget_fraction", "host_tier_gb")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +24,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     defaults = {f.name: f for f in dataclasses.fields(EngineConfig)}
     for name in _ENGINE_FLAGS:
         default = defaults[name].default
-        kind = int if name in ("page_size", "num_pages", "max_model_len", "max_num_seqs",
-                               "max_num_batched_tokens", "seed",
-                               "num_speculative_tokens") else str
+        # Numbers take their field's type; None-defaulted counts are ints; the rest strings.
+        kind = type(default) if isinstance(default, int | float) else str
+        if name in ("num_pages", "max_model_len"):
+            kind = int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
                             help=f"(default: {default})")
     parser.add_argument("--no-prefix-caching", action="store_true")
@@ -74,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
                           served_model_name=args.served_model_name,
                           session_store=args.session_store,
                           salt_cache_per_key=args.salt_cache_per_key,
-                          max_connections=args.max_connections,
+                          max_connections=args.max_connections, lease_s=args.session_lease_s,
                           max_concurrent_requests=args.max_concurrent_requests,
                           log_level=args.log_level.upper())
     app = create_app(config, engine_config_from_args(args))
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--api-key", action="append", default=None,
                               help="accepted bearer key (repeatable); none: no auth")
     serve_parser.add_argument("--served-model-name", default=None)
+    serve_parser.add_argument("--session-lease-s", type=float, default=ServerConfig.lease_s,
+                              help="how long a finished turn's KV stays pinned")
     serve_parser.add_argument("--max-connections", type=int,
                               default=ServerConfig.max_connections, help="open WebSockets")
     serve_parser.add_argument("--max-concurrent-requests", type=int,

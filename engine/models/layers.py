@@ -1,6 +1,10 @@
 """Building blocks shared by the dense decoder models: RMSNorm, rotary embedding, gated MLP.
 
 Each is the plain-PyTorch reference; fused kernels (``kernels/``) must match these numerically.
+On CUDA tensors the layers call the fused kernels of ``kernels.ops`` instead (RMSNorm + residual,
+Qwen3's q/k norm + RoPE in place, SiLU-mul); CPU tensors always take the reference code, so CPU
+results do not depend on whether Triton is installed. ``set_fused_ops(False)`` turns the fused
+path off (the GPU tests' reference).
 """
 
 from __future__ import annotations
@@ -11,6 +15,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels import ops
+
+_FUSED_OPS = True  # module-wide switch read at each call (and so frozen into captured graphs)
+
+
+def set_fused_ops(enabled: bool) -> bool:
+    """Use the fused CUDA kernels for CUDA tensors (default on); returns the previous setting."""
+    global _FUSED_OPS
+    previous, _FUSED_OPS = _FUSED_OPS, enabled
+    return previous
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    return _FUSED_OPS and x.is_cuda
 
 
 class RMSNorm(nn.Module):
@@ -29,6 +48,9 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if use_fused(x):
+            out, new_residual = ops.rmsnorm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, new_residual)
         if residual is not None:
             x = x + residual
             residual = x
@@ -140,4 +162,6 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (num_tokens, hidden) -> same
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        act = ops.silu_mul(gate_up) if use_fused(gate_up) else silu_and_mul(gate_up)
+        return self.down_proj(act)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.default_model import eos_token_ids
-from engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, rope_parameters
+from engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, rope_parameters, use_fused
+from kernels import ops
 from kernels.attention import AttentionBackend
 
 
@@ -64,9 +65,16 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (num_tokens, num_kv_heads, head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        if use_fused(q):
+            # One kernel: per-head q/k RMSNorm (Qwen3) and RoPE, in place in the qkv output.
+            rot = self.rotary
+            q_w, k_w = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
+            eps = self.q_norm.eps if self.qk_norm else 1e-6
+            q, k = ops.apply_rope(positions, q, k, rot.cos, rot.sin, q_w, k_w, eps)
+        else:
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         out = attn.forward(self.layer_id, q, k, v)  # (num_tokens, num_heads, head_dim)
         return self.o_proj(out.reshape(-1, self.q_size))
 

@@ -159,3 +159,16 @@ def test_close_session_unpins_and_drops_host_copy():
     assert sched.sessions.num_pinned_pages == 0 and "s1" not in sched.sessions.pins
     sched.check_integrity()
     assert sched.cache.num_evictable_pages == sched.cache.num_cached_pages
+
+
+def test_pins_never_block_admission():
+    sched, _ = make(num_pages=16, budget=64)  # budget allows pinning the whole pool
+    for i in range(3):
+        sched.add(req(f"s{i}", prompt(100 * (i + 1), 16), session=f"s{i}"))
+        drain(sched)
+    assert sched.sessions.num_pinned_pages == 12
+    big = req("big", prompt(5000, 40), max_tokens=4)  # needs 11 of the 15 pages
+    sched.add(big)
+    outs = drain(sched)
+    assert big.is_finished and big.finish_reason.value == "length"
+    assert ops_of(outs, "backups")  # the pins it needed room from went to the host tier

@@ -1,0 +1,240 @@
+"""CUDA graphs for decode steps: one graph per bucketed batch size, captured at start-up.
+
+A decode step (every sequence brings one token) launches ~10 kernels per layer; at batch 1 on
+an 8B model the launches, not the GPU, set the pace. Each bucket size ``B`` (1, 2, 4, 8, ...,
+up to ``max_num_seqs``) gets a graph of the whole forward (embedding .. final norm) over
+persistent device buffers, replayed after copying the step's inputs into them.
+
+A batch of ``n`` sequences runs in the smallest bucket ``B >= n``: rows ``n .. B-1`` are
+padding that attend to one token of the scratch page 0 and write their KV there (``PagePool``
+never hands out page 0), so they never touch a live sequence. Prefill, mixed and oversized
+batches run eagerly.
+
+Inputs reach the device in two pinned host->device copies per step (int64 ids/positions/slots,
+int32 page indices) plus FlashInfer's plan copies (pinned, asynchronous); nothing here waits
+on the device. ``pad_decode_batch`` is pure Python so the padding rules are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from kernels.attention import AttentionBackend, AttentionBatch
+from kernels.kv_cache import KVCache
+from kernels.ops.kv_store import kv_store_triton
+
+logger = logging.getLogger(__name__)
+
+SCRATCH_PAGE = 0  # never allocated to a sequence: padding rows read and write here
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, 8, ... up to and including ``max_batch_size`` (the last need not be a power)."""
+    assert max_batch_size >= 1, "max_batch_size must be >= 1"
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+def choose_bucket(num_seqs: int, buckets: list[int]) -> int | None:
+    """The smallest bucket holding ``num_seqs`` rows, or None (run eagerly)."""
+    return next((b for b in buckets if b >= num_seqs), None) if num_seqs > 0 else None
+
+
+@dataclass(frozen=True)
+class DecodeInputs:
+    """One decode step padded to ``bucket`` rows, as flat host lists."""
+
+    input_ids: list[int]  # (bucket,)
+    positions: list[int]  # (bucket,)
+    slot_mapping: list[int]  # (bucket,) cache slot each row writes
+    kv_indptr: list[int]  # (bucket + 1,) CSR offsets into kv_indices
+    kv_indices: list[int]  # (kv_indptr[-1],) page ids of every row's context
+    kv_last_page_len: list[int]  # (bucket,) tokens in each row's last page, 1..page_size
+
+
+def pad_decode_batch(
+    bucket: int,
+    input_ids: list[int],  # (n,) the token each sequence feeds
+    kv_lens: list[int],  # (n,) context length including that token
+    page_table: list[list[int]],  # (n, >= ceil(kv_len / page_size)) page ids
+    page_size: int,
+) -> DecodeInputs:
+    """Lay out a decode batch of ``n <= bucket`` sequences plus ``bucket - n`` padding rows.
+
+    The new token of sequence ``i`` sits at position ``kv_lens[i] - 1``; padding rows feed token
+    0 at position 0 into slot 0 of the scratch page, with a one-token context on that page.
+    """
+    n = len(input_ids)
+    assert n == len(kv_lens) == len(page_table), "ragged decode batch"
+    assert 0 < n <= bucket, f"{n} sequences do not fit bucket {bucket}"
+    positions = [kv_len - 1 for kv_len in kv_lens]
+    slots, indptr, indices, last = [], [0], [], []
+    for pos, kv_len, pages in zip(positions, kv_lens, page_table):
+        num_pages = -(-kv_len // page_size)
+        assert kv_len >= 1 and len(pages) >= num_pages, "page table shorter than the context"
+        assert SCRATCH_PAGE not in pages[:num_pages], "a live sequence owns the scratch page"
+        slots.append(pages[pos // page_size] * page_size + pos % page_size)
+        indices.extend(pages[:num_pages])
+        indptr.append(len(indices))
+        last.append(kv_len - (num_pages - 1) * page_size)
+    pad = bucket - n
+    for _ in range(pad):
+        indices.append(SCRATCH_PAGE)
+        indptr.append(len(indices))
+    return DecodeInputs(
+        input_ids=list(input_ids) + [0] * pad,
+        positions=positions + [0] * pad,
+        slot_mapping=slots + [SCRATCH_PAGE * page_size] * pad,
+        kv_indptr=indptr,
+        kv_indices=indices,
+        kv_last_page_len=last + [1] * pad,
+    )
+
+
+class _GraphAttention(AttentionBackend):
+    """FlashInfer decode over fixed buffers for one bucket: the attention a graph captures."""
+
+    def __init__(self, kv_cache: KVCache, num_q_heads: int, scale: float, bucket: int,
+                 max_pages: int, workspace: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        super().__init__(kv_cache, num_q_heads, scale)
+        import flashinfer
+
+        device = kv_cache.device
+        self.indices_gpu = torch.zeros(max_pages, dtype=torch.int32, device=device)
+        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, kv_layout="NHD", use_cuda_graph=True,
+            paged_kv_indptr_buffer=torch.zeros(bucket + 1, dtype=torch.int32, device=device),
+            paged_kv_indices_buffer=self.indices_gpu,
+            paged_kv_last_page_len_buffer=torch.zeros(bucket, dtype=torch.int32, device=device),
+        )
+        self.slot_mapping = slot_mapping  # (bucket,) int64, persistent
+
+    def plan(self, batch: AttentionBatch) -> None:  # pragma: no cover - planned via plan_decode
+        raise NotImplementedError("graph attention is planned by CudaGraphRunner")
+
+    def plan_decode(self, indptr: torch.Tensor, indices_gpu: torch.Tensor,
+                    last_page_len: torch.Tensor) -> None:
+        """indptr/last_page_len: pinned host int32; indices_gpu: device int32 (no sync)."""
+        cache = self.kv_cache
+        self.wrapper.plan(
+            indptr, indices_gpu, last_page_len, self.num_q_heads, cache.num_kv_heads,
+            cache.head_dim, cache.page_size, sm_scale=self.scale, q_data_type=cache.dtype,
+            kv_data_type=cache.dtype, non_blocking=True,
+        )
+
+    def forward(self, layer_id: int, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor) -> torch.Tensor:
+        cache = self.kv_cache
+        k_cache, v_cache = cache.k_pages[layer_id], cache.v_pages[layer_id]
+        kv_store_triton(k_cache, v_cache, self.slot_mapping, k, v)
+        q = q if q.is_contiguous() else q.contiguous()
+        return self.wrapper.run(q, (k_cache, v_cache))
+
+
+class _Bucket:
+    """Persistent buffers, attention and captured graph of one batch size."""
+
+    def __init__(self, runner: CudaGraphRunner, size: int) -> None:
+        self.size = size
+        device = runner.kv_cache.device
+        # ids | positions | slots in one int64 buffer: one host->device copy fills all three.
+        self.inputs_gpu = torch.zeros(3 * size, dtype=torch.int64, device=device)
+        self.inputs_cpu = torch.zeros(3 * size, dtype=torch.int64, pin_memory=True)
+        self.indices_cpu = torch.zeros(runner.max_pages, dtype=torch.int32, pin_memory=True)
+        self.indptr_cpu = torch.zeros(size + 1, dtype=torch.int32, pin_memory=True)
+        self.last_cpu = torch.zeros(size, dtype=torch.int32, pin_memory=True)
+        self.staged_indices_gpu = torch.zeros(runner.max_pages, dtype=torch.int32, device=device)
+        self.attn = _GraphAttention(
+            runner.kv_cache, runner.num_q_heads, runner.scale, size, runner.max_pages,
+            runner.workspace, self.inputs_gpu[2 * size:],
+        )
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.hidden: torch.Tensor | None = None  # (size, hidden_size), written by the graph
+
+    def load(self, inputs: DecodeInputs) -> None:
+        """Copy one padded step into the persistent buffers and plan attention; no sync."""
+        b = self.size
+        host = self.inputs_cpu
+        host[:b] = torch.tensor(inputs.input_ids, dtype=torch.int64)
+        host[b:2 * b] = torch.tensor(inputs.positions, dtype=torch.int64)
+        host[2 * b:] = torch.tensor(inputs.slot_mapping, dtype=torch.int64)
+        self.inputs_gpu.copy_(host, non_blocking=True)
+        num_indices = len(inputs.kv_indices)
+        self.indices_cpu[:num_indices] = torch.tensor(inputs.kv_indices, dtype=torch.int32)
+        indices_gpu = self.staged_indices_gpu[:num_indices]
+        indices_gpu.copy_(self.indices_cpu[:num_indices], non_blocking=True)
+        self.indptr_cpu.copy_(torch.tensor(inputs.kv_indptr, dtype=torch.int32))
+        self.last_cpu.copy_(torch.tensor(inputs.kv_last_page_len, dtype=torch.int32))
+        self.attn.plan_decode(self.indptr_cpu, indices_gpu, self.last_cpu)
+
+    def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        b = self.size
+        return model(self.inputs_gpu[:b], self.inputs_gpu[b:2 * b], self.attn)
+
+
+class CudaGraphRunner:
+    """Captures and replays decode graphs of ``model`` for the bucket sizes up to a maximum.
+
+    Owns its buffers and graphs; shares the model, the KV cache and a FlashInfer workspace
+    with nothing else running concurrently (the engine runs one step at a time).
+    """
+
+    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, num_q_heads: int,
+                 scale: float, max_batch_size: int, max_model_len: int) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.num_q_heads = num_q_heads
+        self.scale = scale
+        self.page_size = kv_cache.page_size
+        self.buckets = bucket_sizes(max_batch_size)
+        pages_per_seq = -(-max_model_len // self.page_size)
+        self.max_pages = max(self.buckets) * pages_per_seq
+        self.workspace = torch.zeros(128 << 20, dtype=torch.uint8, device=kv_cache.device)
+        self._buckets: dict[int, _Bucket] = {}
+
+    def can_run(self, num_seqs: int) -> bool:
+        return choose_bucket(num_seqs, self.buckets) is not None
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first so the smaller ones reuse its memory pool."""
+        pool = torch.cuda.graph_pool_handle()
+        for size in reversed(self.buckets):
+            bucket = _Bucket(self, size)
+            dummy = pad_decode_batch(size, [0], [1], [[SCRATCH_PAGE + 1]], self.page_size)
+            # The dummy row lives on page 1 only at capture time; the cache holds no data yet.
+            bucket.load(dummy)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up: Triton/FlashInfer launch paths
+                bucket.forward(self.model)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                bucket.hidden = bucket.forward(self.model)
+            bucket.graph = graph
+            self._buckets[size] = bucket
+        torch.cuda.synchronize()
+        logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
+
+    def run(
+        self,
+        input_ids: list[int],  # (n,)
+        kv_lens: list[int],  # (n,)
+        page_table: list[list[int]],  # (n, ...)
+    ) -> torch.Tensor:  # (n, hidden_size), valid until the next replay
+        """Replay the bucket of ``len(input_ids)`` rows. The pinned staging buffers are reused,
+        so the previous step's copies must be done: the engine's one ``.tolist()`` per step
+        guarantees it; other callers must read their result back before the next call."""
+        bucket = self._buckets[choose_bucket(len(input_ids), self.buckets)]
+        bucket.load(pad_decode_batch(bucket.size, input_ids, kv_lens, page_table,
+                                     self.page_size))
+        bucket.graph.replay()
+        return bucket.hidden[: len(input_ids)]

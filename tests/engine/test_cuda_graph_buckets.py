@@ -1,0 +1,49 @@
+"""Bucket choice and decode-batch padding of the CUDA-graph runner, on CPU with exact values."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.cuda_graphs import SCRATCH_PAGE, bucket_sizes, choose_bucket, pad_decode_batch
+
+
+def test_bucket_sizes_double_up_to_the_maximum() -> None:
+    assert bucket_sizes(1) == [1]
+    assert bucket_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_choose_bucket_takes_the_smallest_that_fits() -> None:
+    buckets = bucket_sizes(48)
+    assert [choose_bucket(n, buckets) for n in (1, 2, 3, 5, 17, 33, 48)] == [
+        1, 2, 4, 8, 32, 48, 48]
+    assert choose_bucket(49, buckets) is None  # oversized: eager
+    assert choose_bucket(0, buckets) is None
+
+
+def test_pad_decode_batch_lays_out_rows_and_padding() -> None:
+    # page_size 4; seq A: 6 tokens on pages [7, 3]; seq B: 4 tokens on page [5] (+ a spare 9).
+    out = pad_decode_batch(4, [11, 22], [6, 4], [[7, 3], [5, 9]], page_size=4)
+    assert out.input_ids == [11, 22, 0, 0]
+    assert out.positions == [5, 3, 0, 0]
+    assert out.slot_mapping == [3 * 4 + 1, 5 * 4 + 3, 0, 0]  # padding writes scratch slot 0
+    assert out.kv_indptr == [0, 2, 3, 4, 5]
+    assert out.kv_indices == [7, 3, 5, SCRATCH_PAGE, SCRATCH_PAGE]
+    assert out.kv_last_page_len == [2, 4, 1, 1]
+
+
+def test_pad_decode_batch_full_bucket_has_no_padding() -> None:
+    out = pad_decode_batch(1, [5], [17], [[1, 2, 3, 4, 6]], page_size=4)
+    assert out.positions == [16]
+    assert out.slot_mapping == [6 * 4 + 0]
+    assert out.kv_indptr == [0, 5]
+    assert out.kv_last_page_len == [1]
+
+
+def test_pad_decode_batch_rejects_bad_input() -> None:
+    with pytest.raises(AssertionError, match="do not fit"):
+        pad_decode_batch(1, [1, 2], [1, 1], [[1], [2]], page_size=4)
+    with pytest.raises(AssertionError, match="scratch page"):
+        pad_decode_batch(2, [1], [3], [[SCRATCH_PAGE]], page_size=4)
+    with pytest.raises(AssertionError, match="shorter"):
+        pad_decode_batch(2, [1], [9], [[1, 2]], page_size=4)
