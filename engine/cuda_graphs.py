@@ -59,6 +59,26 @@ class DecodeInputs:
     kv_last_page_len: list[int]  # (bucket,) tokens in each row's last page, 1..page_size
 
 
+def padded_kv_layout(bucket: int, kv_lens: list[int], page_table: list[list[int]],
+                     page_size: int) -> tuple[list[int], list[int], list[int]]:
+    """(indptr, indices, last_page_len) of ``n <= bucket`` rows plus one-token padding rows on
+    the scratch page, in FlashInfer's paged CSR layout."""
+    assert 0 < len(kv_lens) <= bucket, f"{len(kv_lens)} sequences do not fit bucket {bucket}"
+    indptr, indices, last = [0], [], []
+    for kv_len, pages in zip(kv_lens, page_table):
+        num_pages = -(-kv_len // page_size)
+        assert kv_len >= 1 and len(pages) >= num_pages, "page table shorter than the context"
+        assert SCRATCH_PAGE not in pages[:num_pages], "a live sequence owns the scratch page"
+        indices.extend(pages[:num_pages])
+        indptr.append(len(indices))
+        last.append(kv_len - (num_pages - 1) * page_size)
+    for _ in range(bucket - len(kv_lens)):
+        indices.append(SCRATCH_PAGE)
+        indptr.append(len(indices))
+        last.append(1)
+    return indptr, indices, last
+
+
 def pad_decode_batch(
     bucket: int,
     input_ids: list[int],  # (n,) the token each sequence feeds
@@ -73,28 +93,18 @@ def pad_decode_batch(
     """
     n = len(input_ids)
     assert n == len(kv_lens) == len(page_table), "ragged decode batch"
-    assert 0 < n <= bucket, f"{n} sequences do not fit bucket {bucket}"
+    indptr, indices, last = padded_kv_layout(bucket, kv_lens, page_table, page_size)
     positions = [kv_len - 1 for kv_len in kv_lens]
-    slots, indptr, indices, last = [], [0], [], []
-    for pos, kv_len, pages in zip(positions, kv_lens, page_table):
-        num_pages = -(-kv_len // page_size)
-        assert kv_len >= 1 and len(pages) >= num_pages, "page table shorter than the context"
-        assert SCRATCH_PAGE not in pages[:num_pages], "a live sequence owns the scratch page"
-        slots.append(pages[pos // page_size] * page_size + pos % page_size)
-        indices.extend(pages[:num_pages])
-        indptr.append(len(indices))
-        last.append(kv_len - (num_pages - 1) * page_size)
+    slots = [pages[pos // page_size] * page_size + pos % page_size
+             for pos, pages in zip(positions, page_table)]
     pad = bucket - n
-    for _ in range(pad):
-        indices.append(SCRATCH_PAGE)
-        indptr.append(len(indices))
     return DecodeInputs(
         input_ids=list(input_ids) + [0] * pad,
         positions=positions + [0] * pad,
         slot_mapping=slots + [SCRATCH_PAGE * page_size] * pad,
         kv_indptr=indptr,
         kv_indices=indices,
-        kv_last_page_len=last + [1] * pad,
+        kv_last_page_len=last,
     )
 
 
@@ -116,8 +126,19 @@ class _GraphAttention(AttentionBackend):
         )
         self.slot_mapping = slot_mapping  # (bucket,) int64, persistent
 
-    def plan(self, batch: AttentionBatch) -> None:  # pragma: no cover - planned via plan_decode
-        raise NotImplementedError("graph attention is planned by CudaGraphRunner")
+    def plan(self, batch: AttentionBatch) -> None:
+        """Plan an all-decode batch eagerly (outside a captured graph), padded to the bucket."""
+        assert all(q == 1 for q in batch.q_lens), "graph attention serves decode rows only"
+        bucket = self.slot_mapping.numel()
+        indptr, indices, last = padded_kv_layout(bucket, batch.kv_lens, batch.page_table,
+                                                 self.kv_cache.page_size)
+        n = batch.num_seqs
+        self.slot_mapping[:n].copy_(batch.slot_mapping)
+        self.slot_mapping[n:].fill_(SCRATCH_PAGE * self.kv_cache.page_size)
+        self.indices_gpu[: len(indices)].copy_(torch.tensor(indices, dtype=torch.int32))
+        self.plan_decode(torch.tensor(indptr, dtype=torch.int32),
+                         self.indices_gpu[: len(indices)],
+                         torch.tensor(last, dtype=torch.int32))
 
     def plan_decode(self, indptr: torch.Tensor, indices_gpu: torch.Tensor,
                     last_page_len: torch.Tensor) -> None:

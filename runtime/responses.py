@@ -193,8 +193,7 @@ async def get(state: ServerState, response_id: str, owner: str) -> Response:
 
 async def delete(state: ServerState, response_id: str, owner: str) -> dict:
     try:
-        record = await state.sessions.get(response_id, owner)
-        await state.sessions.delete(response_id, owner)
+        record = await state.sessions.delete(response_id, owner)
         await state.engine.close_session(record.session_id or record.response_id)
     except ResponseNotFoundError:
         raise not_found(f"Response with id '{response_id}' not found.", "response_id") from None

@@ -58,6 +58,8 @@ class SessionManager:
             raise ResponseNotFoundError(response_id)
         return record
 
-    async def delete(self, response_id: str, owner: str) -> None:
-        await self.get(response_id, owner)
+    async def delete(self, response_id: str, owner: str) -> ResponseRecord:
+        """Delete the owner's record; returns what was deleted."""
+        record = await self.get(response_id, owner)
         await self.store.delete(response_id)
+        return record

@@ -52,6 +52,18 @@ _D = TypeVar("_D", bound=type[Drafter])
 _REGISTRY: dict[str, type[Drafter]] = {}
 
 
+def catch_up(tokens: list[int], request: Request) -> int:
+    """Extend ``tokens`` (a drafter's copy of prompt + output) to the request's current tokens;
+    returns how many it held before, so only the new ones get indexed."""
+    done = len(tokens)
+    if done == 0:
+        tokens.extend(request.prompt_ids)
+        tokens.extend(request.output_ids)
+    else:
+        tokens.extend(request.output_ids[done - len(request.prompt_ids) :])
+    return done
+
+
 def register_drafter(name: str) -> Callable[[_D], _D]:
     def decorate(cls: _D) -> _D:
         assert name not in _REGISTRY, f"drafter {name!r} registered twice"

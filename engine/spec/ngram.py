@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.spec.base import Drafter, register_drafter
+from engine.spec.base import Drafter, catch_up, register_drafter
 
 if TYPE_CHECKING:
     from engine.request import Request
@@ -36,12 +36,7 @@ class NgramDrafter(Drafter):
         state = self._requests.get(request.request_id)
         if state is None:
             state = self._requests[request.request_id] = _RequestIndex()
-            state.tokens.extend(request.prompt_ids)
-            state.tokens.extend(request.output_ids)
-            done = 0
-        else:
-            done = len(state.tokens)
-            state.tokens.extend(request.output_ids[done - len(request.prompt_ids) :])
+        done = catch_up(state.tokens, request)
         tokens, latest = state.tokens, state.latest
         # Index the n-grams followed by a known token: those ending before the last position,
         # so the current suffix never matches itself.

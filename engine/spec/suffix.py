@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from engine.spec.base import Drafter, register_drafter
+from engine.spec.base import Drafter, catch_up, register_drafter
 
 if TYPE_CHECKING:
     from engine.request import Request
@@ -98,12 +98,7 @@ class SuffixDrafter(Drafter):
         state = self._requests.get(request.request_id)
         if state is None:
             state = self._requests[request.request_id] = _RequestIndex()
-            state.tokens.extend(request.prompt_ids)
-            state.tokens.extend(request.output_ids)
-            done = 0
-        else:
-            done = len(state.tokens)
-            state.tokens.extend(request.output_ids[done - len(request.prompt_ids) :])
+        done = catch_up(state.tokens, request)
         index_transitions(state.counts, state.tokens, done, len(state.tokens), 1)
         return state
 
