@@ -43,12 +43,17 @@ def test_runner_runs_a_forced_tool_then_answers(server, model_class):
     async def run():
         async with openai.AsyncOpenAI(api_key=API_KEY, base_url=server.base_url + "/v1",
                                       max_retries=0, timeout=120) as client:
+            model = model_class(model=MODEL, openai_client=client)
             agent = Agent(
                 name="weather agent", instructions="You answer questions about the weather.",
-                tools=[get_weather], model=model_class(model=MODEL, openai_client=client),
+                tools=[get_weather], model=model,
                 model_settings=ModelSettings(tool_choice="get_weather", max_tokens=64,
                                              temperature=0))
-            return await Runner.run(agent, "What is the weather in Paris?", max_turns=4)
+            try:
+                return await Runner.run(agent, "What is the weather in Paris?", max_turns=4)
+            finally:
+                if hasattr(model, "close"):  # the WebSocket model holds its socket open
+                    await model.close()
 
     result = asyncio.run(run())
     assert len(cities) >= 1 and all(isinstance(c, str) and c for c in cities)

@@ -167,42 +167,51 @@ def test_server_still_serves_after_the_errors(server, client):
     assert out.choices[0].message.content is not None
 
 
+def gauge(server, name):
+    """The value of one Prometheus sample, ``name`` exactly as exposed (labels included)."""
+    for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+        if line.rsplit(" ", 1)[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(name)
+
+
+def wait_for_gauge(server, name, value, timeout=30.0):
+    """Poll /metrics until ``name`` reads ``value``: the server frees a socket after its close
+    handshake, a moment after the client's ``close()`` returns."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while gauge(server, name) != value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gauge(server, name) == value, name
+
+
 def test_too_many_websockets_is_refused_then_recovers(server):
     from tests.runtime.conftest import MAX_CONNECTIONS
 
-    sockets = [ws_connect(server) for _ in range(MAX_CONNECTIONS)]
+    wait_for_gauge(server, "agentspeed_websocket_connections", 0)  # no socket left by others
+    sockets = []
     try:
+        for _ in range(MAX_CONNECTIONS):
+            sockets.append(ws_connect(server))
         with pytest.raises(InvalidStatus) as info:
             ws_connect(server)
         assert info.value.response.status_code == 429
     finally:
         for ws in sockets:
             ws.close()
+    wait_for_gauge(server, "agentspeed_websocket_connections", 0)
     with ws_connect(server) as ws:  # slots free again once sockets close
         ws.send(json.dumps({"type": "response.create", "input": "hi", "max_output_tokens": 2}))
         assert next_terminal(ws)["type"] in ("response.completed", "response.incomplete")
 
 
 def test_closing_the_socket_aborts_and_frees_kv(server):
-    def gauge(name):
-        for line in httpx.get(server.base_url + "/metrics").text.splitlines():
-            if line.startswith(name):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(name)
-
     ws = ws_connect(server)
     ws.send(json.dumps({"type": "response.create", "input": "Write a very long story.",
                         "max_output_tokens": 2000, "temperature": 0}))
     while json.loads(ws.recv(timeout=120))["type"] != "response.output_text.delta":
         pass
     ws.close()
-    import time
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if gauge("agentspeed_running_requests") == 0 and \
-                gauge('agentspeed_kv_pages{state="in_use"}') == 0:
-            break
-        time.sleep(0.2)
-    assert gauge("agentspeed_running_requests") == 0
-    assert gauge('agentspeed_kv_pages{state="in_use"}') == 0
+    wait_for_gauge(server, "agentspeed_running_requests", 0)
+    wait_for_gauge(server, 'agentspeed_kv_pages{state="in_use"}', 0)
