@@ -106,6 +106,10 @@ class RadixCache:
                 common = _common_len(child.key[:ps], rest)
                 if common > partial_len:
                     partial_page, partial_len, lock_node = child.pages[0], common, child
+            if lock_node is not node and len(lock_node.pages) > 1:
+                # Lock only the page being copied: the rest of that child stays evictable
+                # (locking all of it could leave a lone request unable to evict for itself).
+                lock_node = self._split(lock_node, 1)
         self._touch(lock_node, now)
         return PrefixMatch(node, pages, pos, partial_page, partial_len, lock_node)
 

@@ -114,3 +114,19 @@ def test_split_keeps_lock_counts_consistent():
     cache.unlock(match.lock_node)
     cache.check_integrity()
     assert sorted(cache.evict(10)) == [1, 2, 3]
+
+
+def test_partial_match_into_a_long_child_locks_only_the_copied_page():
+    cache = RadixCache(PS)
+    cache.insert(list(range(4)), [1])  # a shared first page...
+    cache.insert(list(range(4)) + list(range(50, 66)), [1, 2, 3, 4, 5])  # ...then 4 more pages
+    # A new prompt shares the first page and 2 tokens of the second, then diverges.
+    match = cache.match_prefix(list(range(4)) + [50, 51, 99, 98, 97])
+    assert match.pages == [1] and (match.partial_page, match.partial_len) == (2, 2)
+    cache.lock(match.lock_node)
+    # Pages 1 (matched) and 2 (being copied) are locked; 3, 4, 5 stay evictable, so a request
+    # that needs them can still evict them for itself.
+    assert cache.num_evictable_pages == 3
+    assert sorted(cache.evict(3)) == [3, 4, 5]
+    cache.unlock(match.lock_node)
+    cache.check_integrity()
