@@ -96,11 +96,10 @@ def gpu_step_time(llm, batch: int, reps: int = 30) -> float | None:
     if graphs is None or batch not in graphs._buckets:
         return None
     bucket = graphs._buckets[batch]
-    model = llm.engine.runner.model
 
     def step() -> None:
-        bucket.graph.replay()
-        model.compute_logits(bucket.hidden).argmax(-1)
+        bucket.graph.replay()  # the LM head is inside the graph
+        bucket.logits.argmax(-1)
 
     for _ in range(3):
         step()
@@ -188,6 +187,7 @@ def main() -> None:
         "~/.cache/agentspeed/models/SmolLM2-135M-Instruct"))
     parser.add_argument("--no-hf", action="store_true")
     parser.add_argument("--no-eager", action="store_true")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiler pass")
     args = parser.parse_args()
     from engine.llm import LLM
 
@@ -234,7 +234,23 @@ def main() -> None:
         print(f"batch {batch}: {row['tok_s']:.1f} tok/s ({row['pct_roofline']:.0f}% of "
               f"{roof:.0f}), step {row['step_ms']:.2f} ms, gpu {row['gpu_step_ms']} ms",
               flush=True)
-    baselines = {}
+    baselines, profiles = {}, []
+    if llm.engine.overlap:  # the same engine and graphs without overlap scheduling
+        llm.engine.overlap = False
+        for batch in (min(args.batches), max(args.batches)):
+            r = run_batch(llm, batch, rng)
+            step_s = statistics.median(r["decode_times"])
+            baselines[f"no_overlap_b{batch}"] = dict(tok_s=batch / step_s, step_ms=step_s * 1e3)
+            print(f"no overlap, batch {batch}: {batch / step_s:.1f} tok/s", flush=True)
+        llm.engine.overlap = True
+    if not args.no_profile:
+        from decode_profile import profile_decode  # benchmarks/ is the script's own dir
+
+        for batch in (min(args.batches), max(args.batches)):
+            try:
+                profiles.append(profile_decode(llm, batch))
+            except Exception as exc:  # the numbers above stand without it
+                print(f"profile batch {batch} failed: {exc!r}", flush=True)
     if not args.no_hf:
         baselines["hf_generate_b1"] = hf_baseline(llm, rng)
         print(f"HF generate b1: {baselines['hf_generate_b1']}", flush=True)
@@ -259,7 +275,8 @@ def main() -> None:
     for name, b in baselines.items():
         print(f"baseline {name}: {b['tok_s']:.1f} tok/s")
     print(json.dumps(dict(benchmark="b1_decode", device=device, commit=commit(), graphs=graphs,
-                          copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines)))
+                          copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines,
+                          overlap=True, profiles=profiles)))
 
 
 if __name__ == "__main__":

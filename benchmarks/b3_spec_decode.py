@@ -5,9 +5,11 @@ directory listing) is generated greedily without speculation and with each draft
 run and engine. Reported per drafter: mean tokens per verify step (accepted drafts + bonus),
 tokens per decode step, decode speedup over no speculation (decode rate = (N - 1) / (time to N
 tokens - time to the first), so prefill is excluded), and host µs per drafter call. Outputs must
-be token-identical. Median of repeats; the last line is JSON.
+be token-identical. Median of repeats; the last line is JSON. ``self`` drafts with the target's
+first ``--self-layers`` layers (default half); on CPU each of its drafts costs most of a target
+forward, so it shows the draft-model interface's overhead, not a speedup.
 
-    python benchmarks/b3_spec_decode.py [--max-tokens 96] [--repeats 3] [--k 4]
+    python benchmarks/b3_spec_decode.py [--max-tokens 96] [--repeats 3] [--k 4] [--self-layers 0]
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import torch
 from engine.default_model import default_model_path
 from engine.llm import LLM
 from engine.sampling_params import SamplingParams
-from engine.spec import SpecDecoder
+from engine.spec import DraftContext, SpecDecoder
 
 DATA = Path(__file__).resolve().parent / "data"
-DRAFTERS = ("none", "ngram", "suffix")
+DRAFTERS = ("none", "ngram", "suffix", "self")
 
 
 def run_once(llm: LLM, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], float, int]:
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    parser.add_argument("--self-layers", type=int, default=0,
+                        help="layers the self drafter runs (0: half the model's)")
     args = parser.parse_args()
     torch.manual_seed(0)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -60,6 +64,7 @@ def main() -> None:
         spec = json.loads(path.read_text())
         transcripts.append((spec["name"], llm.apply_chat_template(spec["messages"])))
     run_once(llm, transcripts[0][1], 4)  # warm-up
+    context = DraftContext(llm.engine.runner.model, args.self_layers)
 
     results: dict[str, dict[str, dict]] = {}
     for name, prompt_ids in transcripts:
@@ -67,7 +72,8 @@ def main() -> None:
         for drafter in DRAFTERS:
             times, steps_per_run, stats = [], 0, None
             for _ in range(args.repeats):
-                llm.engine.spec = None if drafter == "none" else SpecDecoder(drafter, args.k)
+                llm.engine.spec = (None if drafter == "none"
+                                   else SpecDecoder(drafter, args.k, context))
                 tokens, seconds, steps = run_once(llm, prompt_ids, args.max_tokens)
                 reference = reference if reference is not None else tokens
                 assert tokens == reference, f"{name}/{drafter}: output differs from no speculation"
@@ -88,8 +94,9 @@ def main() -> None:
 
     print(f"device: CPU {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    self_layers = args.self_layers or llm.engine.runner.model.num_layers // 2
     print(f"commit: {commit}; model: SmolLM2-135M-Instruct fp32; greedy, max {args.max_tokens} "
-          f"tokens, k={args.k}; median of {args.repeats}")
+          f"tokens, k={args.k}; self drafter: {self_layers} layers; median of {args.repeats}")
     header = (f"{'transcript':<11}{'drafter':<8}{'tokens':>7}{'tok/s':>8}{'speedup':>9}"
               f"{'tok/step':>9}{'acc.len':>8}{'acc.rate':>9}{'draft µs':>10}")
     print(header)
@@ -112,6 +119,7 @@ def main() -> None:
         }
     print(json.dumps({"bench": "B3", "commit": commit, "threads": torch.get_num_threads(),
                       "k": args.k, "max_tokens": args.max_tokens, "repeats": args.repeats,
+                      "self_layers": self_layers,
                       "drafters": summary,
                       "per_transcript": {n: {d: {k: round(v, 3) for k, v in r.items()}
                                              for d, r in per.items()}

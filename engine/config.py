@@ -13,7 +13,7 @@ from dataclasses import dataclass
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICES = ("auto", "cpu", "cuda")
 _LOAD_FORMATS = ("auto", "dummy")
-_DRAFTERS = ("none", "suffix", "ngram")
+DRAFTERS = ("none", "suffix", "ngram", "self")  # engine.spec's registry, plus none
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,14 @@ class EngineConfig:
     host_tier_gb: float = 2.0  # host memory for demoted session KV
     attention_backend: str = "auto"
     enforce_eager: bool = False  # True: no decode CUDA graphs (engine.cuda_graphs)
+    # Overlap scheduling (EngineCore): prepare step N+1 while N runs. None: on with CUDA.
+    overlap_schedule: bool | None = None
     seed: int = 0
-    speculative_drafter: str = "none"  # none | suffix | ngram (engine.spec)
+    speculative_drafter: str = "none"  # none | suffix | ngram | self (engine.spec)
     num_speculative_tokens: int = 4  # most drafts verified per request per step
+    speculative_draft_layers: int = 0  # self drafter: target layers it runs; 0: half of them
+    # Ranks (one process and device each) one model is sharded over (engine.parallel).
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -76,13 +81,20 @@ class EngineConfig:
             raise ValueError("pin_budget_fraction must be in [0, 1]")
         if self.host_tier_gb < 0:
             raise ValueError("host_tier_gb must be >= 0")
-        if self.speculative_drafter not in _DRAFTERS:
-            raise ValueError(f"speculative_drafter must be one of {_DRAFTERS}, got "
+        if self.speculative_drafter not in DRAFTERS:
+            raise ValueError(f"speculative_drafter must be one of {DRAFTERS}, got "
                              f"{self.speculative_drafter!r}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
+        if self.speculative_draft_layers < 0:
+            raise ValueError("speculative_draft_layers must be >= 0 (0: half the model's)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size > 1 and self.speculative_drafter == "self":
+            # Its draft forward runs model layers on rank 0 alone: the other ranks never join.
+            raise ValueError("speculative_drafter 'self' does not run with tensor parallelism")
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)

@@ -63,7 +63,7 @@ def padded_kv_layout(bucket: int, kv_lens: list[int], page_table: list[list[int]
                      page_size: int) -> tuple[list[int], list[int], list[int]]:
     """(indptr, indices, last_page_len) of ``n <= bucket`` rows plus one-token padding rows on
     the scratch page, in FlashInfer's paged CSR layout."""
-    assert 0 < len(kv_lens) <= bucket, f"{len(kv_lens)} sequences do not fit bucket {bucket}"
+    assert 0 <= len(kv_lens) <= bucket, f"{len(kv_lens)} sequences do not fit bucket {bucket}"
     indptr, indices, last = [0], [], []
     for kv_len, pages in zip(kv_lens, page_table):
         num_pages = -(-kv_len // page_size)
@@ -177,11 +177,18 @@ class _Bucket:
             runner.workspace, self.inputs_gpu[2 * size:],
         )
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.hidden: torch.Tensor | None = None  # (size, hidden_size), written by the graph
+        self.logits: torch.Tensor | None = None  # (size, vocab) float32, written by the graph
+        # Recorded after this bucket's staging copies and plan: the pinned buffers may be
+        # refilled once it has passed (with overlap scheduling the step before this one may
+        # still be queued when the next is prepared).
+        self.staged = torch.cuda.Event()
+        self.staged_once = False
 
     def load(self, inputs: DecodeInputs) -> None:
         """Copy one padded step into the persistent buffers and plan attention; no sync."""
         b = self.size
+        if self.staged_once:
+            self.staged.synchronize()  # the last load's copies ran: long done in steady state
         host = self.inputs_cpu
         host[:b] = torch.tensor(inputs.input_ids, dtype=torch.int64)
         host[b:2 * b] = torch.tensor(inputs.positions, dtype=torch.int64)
@@ -194,10 +201,14 @@ class _Bucket:
         self.indptr_cpu.copy_(torch.tensor(inputs.kv_indptr, dtype=torch.int32))
         self.last_cpu.copy_(torch.tensor(inputs.kv_last_page_len, dtype=torch.int32))
         self.attn.plan_decode(self.indptr_cpu, indices_gpu, self.last_cpu)
+        self.staged.record()
+        self.staged_once = True
 
     def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        """The whole decode step up to float32 logits (LM head included)."""
         b = self.size
-        return model(self.inputs_gpu[:b], self.inputs_gpu[b:2 * b], self.attn)
+        hidden = model(self.inputs_gpu[:b], self.inputs_gpu[b:2 * b], self.attn)
+        return model.compute_logits(hidden)
 
 
 class CudaGraphRunner:
@@ -229,9 +240,8 @@ class CudaGraphRunner:
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.buckets):
             bucket = _Bucket(self, size)
-            dummy = pad_decode_batch(size, [0], [1], [[SCRATCH_PAGE + 1]], self.page_size)
-            # The dummy row lives on page 1 only at capture time; the cache holds no data yet.
-            bucket.load(dummy)
+            bucket.load(pad_decode_batch(size, [], [], [], self.page_size))  # all padding rows:
+            # capture reads and writes the scratch page only, never a page a sequence may own
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up: Triton/FlashInfer launch paths
@@ -239,7 +249,7 @@ class CudaGraphRunner:
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                bucket.hidden = bucket.forward(self.model)
+                bucket.logits = bucket.forward(self.model)
             bucket.graph = graph
             self._buckets[size] = bucket
         torch.cuda.synchronize()
@@ -250,12 +260,15 @@ class CudaGraphRunner:
         input_ids: list[int],  # (n,)
         kv_lens: list[int],  # (n,)
         page_table: list[list[int]],  # (n, ...)
-    ) -> torch.Tensor:  # (n, hidden_size), valid until the next replay
-        """Replay the bucket of ``len(input_ids)`` rows. The pinned staging buffers are reused,
-        so the previous step's copies must be done: the engine's one ``.tolist()`` per step
-        guarantees it; other callers must read their result back before the next call."""
+        fill: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # (n, vocab) float32 logits, valid until the next replay
+        """Replay the bucket of ``len(input_ids)`` rows. ``fill`` = (rows, token ids), both on
+        the device: input ids still on the device (overlap scheduling) written over the
+        placeholders of those rows before the replay, in stream order."""
         bucket = self._buckets[choose_bucket(len(input_ids), self.buckets)]
         bucket.load(pad_decode_batch(bucket.size, input_ids, kv_lens, page_table,
                                      self.page_size))
+        if fill is not None:
+            bucket.inputs_gpu.index_copy_(0, *fill)
         bucket.graph.replay()
-        return bucket.hidden[: len(input_ids)]
+        return bucket.logits[: len(input_ids)]

@@ -35,11 +35,16 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
 
-    def add_tokens(self, token_ids: list[int]) -> None:
-        """Append tokens; sets ``stopped`` if a stop string appeared (and truncates there)."""
-        for token_id in token_ids:
+    def add_tokens(self, token_ids: list[int]) -> int:
+        """Append tokens; sets ``stopped`` if a stop string appeared (and truncates there).
+
+        Returns how many of ``token_ids`` count as output: all, or those up to the one that
+        completed a stop string. Several tokens arrive at once when speculative drafts were
+        accepted; the ones after the stop are dropped, as one-at-a-time decoding never made them.
+        """
+        for num_taken, token_id in enumerate(token_ids):
             if self.stopped:
-                return
+                return num_taken
             self._ids.append(token_id)
             prefix_text = self._decode(self._ids[self._prefix : self._read])
             new_text = self._decode(self._ids[self._prefix :])
@@ -48,6 +53,7 @@ class IncrementalDetokenizer:
             delta = new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self._ids)
             self._append(delta)
+        return len(token_ids)
 
     def flush(self) -> None:
         """At the end, emit whatever is still pending (even an incomplete character)."""

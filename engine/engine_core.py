@@ -6,13 +6,14 @@ import logging
 
 from engine.config import EngineConfig
 from engine.errors import ContextLengthError, InvalidRequestError
-from engine.model_runner import ModelRunner
+from engine.model_runner import InFlight, ModelRunner
 from engine.outputs import EngineOutput, TokenLogprob
 from engine.request import FinishReason, Request
+from engine.sampler import SampledToken
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import Scheduler, SchedulerOutput
 from engine.session_pins import SessionHint
-from engine.spec import SpecDecoder
+from engine.spec import DraftContext, SpecDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,14 @@ class EngineCore:
                                     self.runner.host_tier_pages)
         )
         self._requests: dict[str, Request] = {}
+        overlap = config.overlap_schedule
+        self.overlap = self.runner.device.type == "cuda" if overlap is None else overlap
+        self._in_flight: InFlight | None = None  # launched, tokens not yet collected
         self.spec: SpecDecoder | None = None
         if config.speculative_drafter != "none":
-            self.spec = SpecDecoder(config.speculative_drafter, config.num_speculative_tokens)
+            context = DraftContext(self.runner.model, config.speculative_draft_layers)
+            self.spec = SpecDecoder(config.speculative_drafter, config.num_speculative_tokens,
+                                    context)
 
     # ---------------------------------------------------------------- requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -86,7 +92,7 @@ class EngineCore:
         self.scheduler.close_session(session_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     @property
     def num_running(self) -> int:
@@ -98,14 +104,36 @@ class EngineCore:
 
     # -------------------------------------------------------------------- step
     def step(self) -> list[EngineOutput]:
-        if self.spec is not None:
-            self.spec.propose(self.scheduler.running)
-        sched_out = self.scheduler.schedule()
-        self.runner.host_tier.execute(sched_out.session_ops)
-        if sched_out.is_empty:
-            return []
+        """Run one step and return its outputs.
+
+        With overlap scheduling (``config.overlap_schedule``; on with CUDA) a step whose
+        tokens the host need not see first (``ModelRunner.can_launch``) is launched, the next
+        decode step is planned and queued behind it (``Scheduler.schedule_ahead``, its input
+        tokens read on the device), and only then does the host wait for the first one's
+        tokens, so the device never idles between decode steps. The queued step is the next
+        call's. Speculative decoding drafts from host tokens, so it never runs ahead.
+        """
+        prev, self._in_flight = self._in_flight, None
+        if prev is None:
+            if self.spec is not None:
+                self.spec.propose(self.scheduler.running)
+            sched_out = self.scheduler.schedule()
+            self.runner.host_tier.execute(sched_out.session_ops)
+            if sched_out.is_empty:
+                return []
+            if not (self.overlap and self.runner.can_launch(sched_out)):
+                return self._finish(sched_out, self.runner.execute(sched_out))
+            prev = self.runner.launch(sched_out)
+        if self.spec is None:
+            ahead = self.scheduler.schedule_ahead(prev.out)
+            if ahead is not None:
+                self._in_flight = self.runner.launch(ahead, prev)
+        return self._finish(prev.out, self.runner.collect(prev))
+
+    def _finish(self, sched_out: SchedulerOutput,
+                sampled: dict[str, list[SampledToken]]) -> list[EngineOutput]:
+        """Apply a finished step's tokens to the scheduler; the outputs of the requests."""
         num_drafts = {s.request.request_id: len(s.draft_ids) for s in sched_out.requests}
-        sampled = self.runner.execute(sched_out)
         token_ids = {rid: [t.token_id for t in tokens] for rid, tokens in sampled.items()}
         num_before = {s.request.request_id: len(s.request.output_ids) for s in sched_out.requests}
         outputs = []

@@ -3,7 +3,9 @@
 The loop blocks on its input socket only when it has nothing to run, so a busy engine never waits
 on the API process. A request the engine refuses gets ``RequestFailed``; an exception inside a
 step fails the requests of that step and the loop goes on. The process exits when told to, or
-when its parent disappears (it never outlives the server).
+when its parent disappears (it never outlives the server). With tensor parallelism this process
+is rank 0: it stops its ranks on the way out, and a rank that dies ends it with ``EngineDead``
+naming that rank (no step can run without every rank).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from engine.ipc import (
     ToEngine,
     TouchSession,
 )
+from engine.parallel import TensorParallel, TensorParallelError
+from engine.parallel.context import close_tensor_parallel
+from engine.spec import SpecStats
 
 logger = logging.getLogger(__name__)
 _IDLE_POLL_MS = 500  # how often an idle engine checks that its parent is alive
@@ -53,15 +58,31 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         core = EngineCore(config)
     except Exception as exc:  # e.g. a bad model path: tell the server, then exit
         logger.exception("engine failed to start")
+        close_tensor_parallel(abort=True)
         outbox.send(encoder.encode(EngineDead(f"engine failed to start: {exc}")))
         outbox.close(linger=2000)
         return
     runner = core.runner
+    if runner.tp is not None:
+        runner.tp.on_failure = lambda why: _die(output_addr, runner.tp, why)
     outbox.send(encoder.encode(EngineReady(
         model_path=runner.model_path, max_model_len=core.scheduler.max_request_len,
         vocab_size=core.vocab_size, eos_token_ids=list(core.eos_token_ids),
         page_size=config.page_size, num_pages=runner.num_pages)))
     loop = _Loop(core, outbox, encoder)
+    try:
+        _serve(core, loop, inbox, outbox, decoder, parent)
+    except TensorParallelError as exc:  # a rank is gone: the engine cannot go on
+        logger.critical("%s", exc)
+        runner.tp.close(abort=True)
+        outbox.send(encoder.encode(EngineDead(str(exc))))
+        outbox.close(linger=2000)
+        return
+    runner.shutdown()
+
+
+def _serve(core, loop: _Loop, inbox: zmq.Socket, outbox: zmq.Socket,
+           decoder: msgspec.msgpack.Decoder, parent: int) -> None:
     while True:
         timeout = 0 if core.has_unfinished() else _IDLE_POLL_MS
         if inbox.poll(timeout):
@@ -80,6 +101,20 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
             return
         if core.has_unfinished():
             loop.step()
+
+
+def _die(output_addr: str, tp: TensorParallel, why: str) -> None:
+    """From the worker-watch thread: a tensor-parallel rank exited. Tell the server and end
+    this process now; the main thread may be waiting in a collective that never completes."""
+    logger.critical("%s", why)
+    ctx = zmq.Context()  # its own: term() returns once the message is out (or after 2 s)
+    sock = ctx.socket(zmq.PUSH)
+    sock.connect(output_addr)
+    sock.send(msgspec.msgpack.encode(EngineDead(why)))
+    sock.close(linger=2000)
+    ctx.term()
+    tp.workers.kill()
+    os._exit(1)
 
 
 class _Loop:
@@ -112,6 +147,8 @@ class _Loop:
     def step(self) -> None:
         try:
             outputs = self.core.step()
+        except TensorParallelError:
+            raise  # not this step's fault: the group is broken (run_engine reports it)
         except Exception as exc:  # never let one step kill the loop: fail what was running
             logger.exception("engine step failed; failing the running requests")
             for request in list(self.core.scheduler.running) + list(self.core.scheduler.waiting):
@@ -124,6 +161,7 @@ class _Loop:
     def stats(self) -> EngineStats:
         sched = self.core.scheduler
         pins = sched.sessions
+        spec = self.core.spec.stats if self.core.spec is not None else SpecStats()
         return EngineStats(
             num_running=len(sched.running), num_waiting=len(sched.waiting),
             num_free_pages=sched.pool.num_free, num_cached_pages=sched.cache.num_cached_pages,
@@ -136,4 +174,7 @@ class _Loop:
             num_sessions=len(set(pins.pins) | set(pins.host)),
             num_pinned_pages=pins.num_pinned_pages, num_host_pages=pins.num_host_pages,
             num_demotions=pins.stats.num_demotions, num_prefetches=pins.stats.num_prefetches,
-            prefetch_seconds=self.core.runner.host_tier.total_prefetch_s)
+            prefetch_seconds=self.core.runner.host_tier.total_prefetch_s,
+            num_spec_verify_steps=spec.num_verify_steps,
+            num_spec_draft_tokens=spec.num_draft_tokens,
+            num_spec_accepted_tokens=spec.num_accepted_tokens)

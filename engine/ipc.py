@@ -57,6 +57,10 @@ class EngineStats(msgspec.Struct):
     num_demotions: int = 0
     num_prefetches: int = 0
     prefetch_seconds: float = 0.0  # cumulative
+    # Speculative decoding (engine.spec.SpecStats), cumulative; all 0 without a drafter.
+    num_spec_verify_steps: int = 0  # request-steps that verified at least one draft
+    num_spec_draft_tokens: int = 0  # drafts verified
+    num_spec_accepted_tokens: int = 0  # drafts accepted
 
 
 class EngineReady(msgspec.Struct, tag="ready"):

@@ -1,7 +1,8 @@
 """Offline API: ``LLM(model=...).generate(prompts, SamplingParams)`` and a streaming variant.
 
 Runs the engine in-process (no server, no IPC); the server path uses the same ``EngineCore``
-and ``OutputProcessor`` in separate processes.
+and ``OutputProcessor`` in separate processes. With ``tensor_parallel_size=N`` this process is
+rank 0 and starts ranks 1..N-1 as worker processes (one tensor-parallel engine per process).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ class LLM:
         self.tokenizer = load_tokenizer(self.engine.runner.model_path)
         self.processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes (if any); the object is unusable after.
+        Also done at interpreter exit; ``with LLM(...) as llm:`` does it on leaving."""
+        self.engine.runner.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):

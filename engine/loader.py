@@ -12,13 +12,16 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from engine.default_model import eos_token_ids
 from engine.models.registry import model_class
+
+if TYPE_CHECKING:
+    from engine.parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -72,22 +75,33 @@ def load_model(
     device: torch.device | str,
     load_format: Literal["auto", "dummy"] = "auto",
     seed: int = 0,
+    tp: TensorParallel | None = None,
 ) -> tuple[nn.Module, Any]:
     """Instantiate the right class for ``path``'s config and fill its weights.
 
-    Returns ``(model, config)``; the model is in eval mode without gradients.
+    With ``tp``, only this rank's shard is ever allocated (``engine.parallel.shard``) and
+    each checkpoint tensor is cut to it on the way in. Returns ``(model, config)``; the model
+    is in eval mode without gradients.
     """
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"unknown load_format {load_format!r} (choose 'auto' or 'dummy')")
     config = load_config(path)
     cls = model_class(config)
     device = torch.device(device)
-    with device:  # build in place: an 8B model never takes a detour through host memory
-        model = cls(config, dtype=dtype)
-    if load_format == "dummy":
+    weights = iter_safetensors(path) if load_format == "auto" else None
+    if tp is not None:
+        from engine.parallel.shard import build_sharded, shard_tensors
+
+        plan = tp.plan(config)
+        model = build_sharded(cls, config, dtype, device, plan, tp.group)
+        weights = shard_tensors(weights, plan) if weights is not None else None
+    else:
+        with device:  # build in place: an 8B model never takes a detour through host memory
+            model = cls(config, dtype=dtype)
+    if weights is None:
         _init_dummy(model, seed, device)
     else:
-        model.load_weights(iter_safetensors(path))
+        model.load_weights(weights)
     model.requires_grad_(False).eval()
     # generation_config.json may add end-of-turn ids that config.json lacks.
     model.eos_token_ids = eos_token_ids(config, path)

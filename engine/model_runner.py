@@ -12,6 +12,7 @@ of such rows therefore describe the masked distribution (disallowed tokens are a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,8 +22,10 @@ from engine.cuda_graphs import CudaGraphRunner
 from engine.default_model import eos_token_ids, resolve_model
 from engine.host_tier import HostTier
 from engine.loader import load_model
-from engine.sampler import SampledToken, Sampler, SampleRow, make_generator
+from engine.parallel import setup_tensor_parallel
+from engine.sampler import SampledToken, Sampler, SampleRow, make_generator, needs_host
 from engine.scheduler import SchedulerOutput
+from engine.step_batch import StepBatch, build_step_batch
 from engine.tokenizer import load_tokenizer
 from kernels.attention import AttentionBatch, KVCache, create_backend
 
@@ -36,6 +39,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class InFlight:
+    """A launched step: its tokens are on the device and on their way to the host."""
+
+    out: SchedulerOutput
+    samplers: list[Request]  # the requests that sample, in batch order
+    tokens_gpu: torch.Tensor | None  # (num_samplers,) int64; the next overlapped step reads it
+    tokens_host: torch.Tensor | None  # (num_samplers,) destination of the one async copy
+    done: torch.cuda.Event | None  # recorded after that copy (None off CUDA)
 
 
 def resolve_device(config: EngineConfig) -> torch.device:
@@ -55,12 +69,15 @@ def resolve_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.device = resolve_device(config)
+        # Tensor parallelism: join (rank 0: start) the group first; every rank then builds its
+        # shard of the model and its own KV pool (engine.parallel).
+        self.tp = setup_tensor_parallel(config, resolve_device(config))
+        self.device = self.tp.device if self.tp is not None else resolve_device(config)
         self.dtype = resolve_dtype(config, self.device)
         self.model_path = resolve_model(config.model)
         torch.manual_seed(config.seed)
         self.model, self.hf_config = load_model(
-            self.model_path, self.dtype, self.device, config.load_format
+            self.model_path, self.dtype, self.device, config.load_format, tp=self.tp
         )
         self.model.eval()
         self.vocab_size = self.model.vocab_size
@@ -68,6 +85,9 @@ class ModelRunner:
         model_len = getattr(self.hf_config, "max_position_embeddings", None) or 4096
         self.max_model_len = min(config.max_model_len or model_len, model_len)
         self.num_pages = config.num_pages or self._auto_num_pages()
+        if self.tp is not None:  # one pool size for all ranks: the smallest that fits
+            self.num_pages = self.tp.agree_num_pages(config, self.hf_config, self.dtype,
+                                                     self.num_pages)
         self.kv_cache = KVCache(
             self.model.num_layers,
             self.num_pages,
@@ -77,7 +97,8 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
-        self.host_tier = HostTier(self.kv_cache)
+        self.host_tier = (self.tp.host_tier(self.kv_cache) if self.tp is not None
+                          else HostTier(self.kv_cache))
         self.host_tier_pages = int(config.host_tier_gb * (1 << 30)
                                    // (self._kv_bytes_per_token() * config.page_size))
         self.attn = create_backend(
@@ -97,6 +118,11 @@ class ModelRunner:
         m = self.model
         return 2 * m.num_layers * m.num_kv_heads * m.head_dim * itemsize
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel ranks this runner leads; idempotent, a no-op without."""
+        if self.tp is not None:
+            self.tp.close()
+
     def _auto_num_pages(self) -> int:
         bytes_per_page = self._kv_bytes_per_token() * self.config.page_size
         if self.device.type == "cuda":
@@ -110,44 +136,65 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> dict[str, list[SampledToken]]:
         """Run the step; returns the sampled token(s) of each request that samples."""
+        batch = build_step_batch(out, self.config.page_size)
+        logits = self.forward(batch)
+        samplers = [s.request for s in out.requests if s.sample]
+        return self.sample(logits, samplers, [s.draft_ids for s in out.requests if s.sample])
+
+    @torch.inference_mode()
+    def forward(self, batch: StepBatch,
+                prev_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The model over ``batch``: float32 logits of its ``sample_rows`` (None when no row
+        samples). Decode batches replay a CUDA graph when one is captured. ``prev_tokens``: the
+        previous step's sampled tokens on the device, read by ``batch.prev_rows``."""
         ps = self.config.page_size
-        if out.copies:
-            src = [p * ps + i for p, _, n in out.copies for i in range(n)]
-            dst = [p * ps + i for _, p, n in out.copies for i in range(n)]
+        if self.tp is not None and self.tp.is_driver:
+            self.tp.send_step(batch)  # the other ranks run this same forward
+        fill = None
+        if batch.prev_rows:
+            dst, src = self._upload([r for r, _ in batch.prev_rows],
+                                    [i for _, i in batch.prev_rows])
+            values = prev_tokens.index_select(0, src) if prev_tokens is not None else None
+            if self.tp is not None:  # rank 0 sampled them; the others get them here
+                values = self.tp.share_tokens(values, len(batch.prev_rows))
+            assert values is not None, "an overlapped step needs the previous tokens"
+            fill = (dst, values)
+        if batch.copies:
+            src = [p * ps + i for p, _, n in batch.copies for i in range(n)]
+            dst = [p * ps + i for _, p, n in batch.copies for i in range(n)]
             self.kv_cache.copy_slots(self._tensor(src), self._tensor(dst))
-        input_ids, positions, slots = [], [], []
-        q_lens, kv_lens, page_table, sample_rows, samplers = [], [], [], [], []
-        for scheduled in out.requests:
-            request, start, n = scheduled.request, scheduled.start, scheduled.num_new_tokens
-            pages = request.page_ids
-            input_ids.extend(request.all_ids[start : start + n - len(scheduled.draft_ids)])
-            input_ids.extend(scheduled.draft_ids)
-            positions.extend(range(start, start + n))
-            slots.extend(pages[pos // ps] * ps + pos % ps for pos in range(start, start + n))
-            q_lens.append(n)
-            kv_lens.append(start + n)
-            page_table.append(pages)
-            if scheduled.sample:  # with drafts: logits at the last known token and each draft
-                sample_rows.extend(range(len(input_ids) - 1 - len(scheduled.draft_ids),
-                                         len(input_ids)))
-                samplers.append(request)
-        if self.graphs is not None and max(q_lens, default=0) == 1 and self.graphs.can_run(
-                len(q_lens)):
-            hidden = self.graphs.run(input_ids, kv_lens, page_table)
-            rows_gpu = None  # every row samples in a decode step
-        else:
-            ids_gpu, pos_gpu, slots_gpu, rows_gpu = self._upload(
-                input_ids, positions, slots, sample_rows)
-            self.attn.plan(AttentionBatch(q_lens, kv_lens, page_table, slots_gpu))
-            hidden = self.model(ids_gpu, pos_gpu, self.attn)
+        if (self.graphs is not None and len(batch.sample_rows) == len(batch.input_ids)
+                and self.graphs.can_run(len(batch.input_ids))):
+            # Every token samples: a decode step, or a verify step (known token + drafts). Each
+            # token is one graph row attending causally up to its own position; all rows store
+            # their K/V before any attends, so a draft sees the tokens before it. The graph
+            # includes the LM head.
+            rows_pages = [pages for pages, n in zip(batch.page_table, batch.q_lens)
+                          for _ in range(n)]
+            return self.graphs.run(batch.input_ids, [p + 1 for p in batch.positions],
+                                   rows_pages, fill)
+        ids_gpu, pos_gpu, slots_gpu, rows_gpu = self._upload(
+            batch.input_ids, batch.positions, batch.slots, batch.sample_rows)
+        if fill is not None:
+            ids_gpu.index_copy_(0, *fill)
+        self.attn.plan(AttentionBatch(batch.q_lens, batch.kv_lens, batch.page_table,
+                                      slots_gpu))
+        hidden = self.model(ids_gpu, pos_gpu, self.attn)
+        if not batch.sample_rows:
+            return None
+        if len(batch.sample_rows) < hidden.shape[0]:  # rows are distinct: equal = all rows
+            hidden = hidden[rows_gpu]
+        return self.model.compute_logits(hidden)
+
+    def sample(
+        self, logits: torch.Tensor | None, samplers: list[Request], drafts: list[list[int]]
+    ) -> dict[str, list[SampledToken]]:
+        """Tokens for ``samplers`` (the requests that sample, in batch order) from ``logits``
+        (one row per request, or 1 + len(draft) rows for a request with drafts)."""
         if not samplers:
             return {}
-        if len(sample_rows) < hidden.shape[0]:  # rows are distinct: equal count means all rows
-            hidden = hidden[rows_gpu if rows_gpu is not None else self._tensor(sample_rows)]
-        logits = self.model.compute_logits(hidden)
-        if len(sample_rows) > len(samplers):
-            return self._verify_drafts(logits, samplers, [s.draft_ids for s in out.requests
-                                                          if s.sample])
+        if logits.shape[0] > len(samplers):
+            return self._verify_drafts(logits, samplers, drafts)
         constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
         if constrained:
             self._mask_logits(logits, samplers, constrained)
@@ -165,6 +212,46 @@ class ModelRunner:
             assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
         return {r.request_id: [t] for r, t in zip(samplers, tokens)}
 
+    # ------------------------------------------------------------ overlap scheduling
+    def can_launch(self, out: SchedulerOutput) -> bool:
+        """Whether ``out`` can run without the host seeing its tokens before the next step is
+        prepared: no drafts, grammars, penalties or logprobs (they read host state)."""
+        return all(not s.draft_ids and s.request.params.grammar is None
+                   and not needs_host(s.request.params) for s in out.requests if s.sample)
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, prev: InFlight | None = None) -> InFlight:
+        """Queue the step on the device and return at once (see ``can_launch``): tokens stay on
+        the device, and one asynchronous copy brings them to the host for ``collect``."""
+        batch = build_step_batch(out, self.config.page_size)
+        logits = self.forward(batch, prev.tokens_gpu if prev is not None else None)
+        samplers = [s.request for s in out.requests if s.sample]
+        if not samplers:
+            return InFlight(out, samplers, None, None, None)
+        rows = []
+        for request in samplers:
+            if request.sampler_state is None and request.params.seed is not None:
+                request.sampler_state = make_generator(request.params, self.device)
+            rows.append(SampleRow(request.params, request.prompt_ids, request.output_ids,
+                                  request.sampler_state))
+        tokens = self.sampler.sample_on_device(logits, rows)  # (num_samplers,) int64
+        if self.device.type != "cuda":
+            return InFlight(out, samplers, tokens, tokens, None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return InFlight(out, samplers, tokens, host, done)
+
+    def collect(self, step: InFlight) -> dict[str, list[SampledToken]]:
+        """Wait for a launched step's tokens (the one host synchronisation of a step)."""
+        if step.tokens_host is None:
+            return {}
+        if step.done is not None:
+            step.done.synchronize()
+        return {r.request_id: [SampledToken(t, None, None)]
+                for r, t in zip(step.samplers, step.tokens_host.tolist())}
+
     # ------------------------------------------------------------ speculative decoding
     def _verify_drafts(
         self, logits: torch.Tensor, samplers: list[Request], drafts: list[list[int]]
@@ -174,17 +261,9 @@ class ModelRunner:
         each request's rows together; an empty draft is a plain one-row request."""
         from engine.spec.verify import verify
 
-        last_rows, row = [], -1
-        for draft in drafts:
-            row += 1 + len(draft)
-            last_rows.append(row)
         constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
         if constrained:
-            assert all(not drafts[i] for i in constrained), "constrained requests never draft"
-            last_gpu = self._tensor(last_rows)
-            last = logits.index_select(0, last_gpu)  # (num_samplers, vocab)
-            self._mask_logits(last, samplers, constrained)
-            logits.index_copy_(0, last_gpu, last)
+            self._mask_logits(logits, samplers, constrained, drafts)
         rows = []
         for request in samplers:
             if request.sampler_state is None and request.params.seed is not None:
@@ -193,8 +272,12 @@ class ModelRunner:
                                   request.sampler_state))
         results = verify(self.sampler, logits, rows, drafts)
         for i in constrained:
-            accepted = samplers[i].grammar_state.accept(results[i][0].token_id)
-            assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
+            state = samplers[i].grammar_state
+            for token in results[i]:
+                if state.is_terminated():
+                    break  # tokens after a stop token are dropped by the scheduler
+                accepted = state.accept(token.token_id)
+                assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
         return {r.request_id: tokens for r, tokens in zip(samplers, results)}
 
     # ------------------------------------------------------------ structured output
@@ -219,12 +302,25 @@ class ModelRunner:
         return self.grammar_compiler.compile(spec, param=param)
 
     def _mask_logits(
-        self, logits: torch.Tensor, samplers: list[Request], constrained: list[int]
+        self, logits: torch.Tensor, samplers: list[Request], constrained: list[int],
+        drafts: list[list[int]] | None = None,
     ) -> None:
-        """Mask rows ``constrained`` of ``logits`` (num_samplers, vocab) to their grammars."""
+        """Mask the logit rows of the ``constrained`` samplers to their grammars.
+
+        ``logits``: (num_samplers, vocab), or with ``drafts`` (sum(1 + len(d)), vocab) with each
+        request's rows together. Row ``j`` of a request is the distribution after ``d_1 .. d_j``:
+        its mask comes from the matcher advanced through those drafts, then rolled back. After a
+        draft the grammar refuses, later rows stay unmasked: row ``j`` forbids ``d_{j+1}``, so
+        verification rejects there at the latest and never emits a later row's token. Rows after
+        an accepted stop token stay unmasked too (the scheduler drops their tokens).
+        """
         from engine.structured import GrammarState, allocate_bitmask, apply_bitmask
 
-        bitmask = allocate_bitmask(len(samplers), self.vocab_size)  # (num_samplers, vocab / 32)
+        drafts = drafts or [[] for _ in samplers]
+        first_rows = [0]
+        for draft in drafts:
+            first_rows.append(first_rows[-1] + 1 + len(draft))
+        bitmask = allocate_bitmask(logits.shape[0], self.vocab_size)  # (rows, vocab / 32)
         masked = []
         for i in constrained:
             request = samplers[i]
@@ -238,8 +334,16 @@ class ModelRunner:
                 f"{request.request_id}: grammar saw {state.num_accepted} tokens, "
                 f"output has {len(request.output_ids)}"
             )
-            if state.fill_bitmask(bitmask, i):
-                masked.append(i)
+            num_advanced = 0
+            for j in range(len(drafts[i]) + 1):
+                if j > 0 and state.is_terminated():  # a stop token among the drafts
+                    break
+                if state.fill_bitmask(bitmask, first_rows[i] + j):
+                    masked.append(first_rows[i] + j)
+                if j == len(drafts[i]) or not state.accept(drafts[i][j]):
+                    break
+                num_advanced += 1
+            state.rollback(num_advanced)
         if masked:
             apply_bitmask(logits, bitmask, rows=masked)
 
@@ -251,9 +355,15 @@ class ModelRunner:
         if (self.config.enforce_eager or self.device.type != "cuda"
                 or not isinstance(self.attn, FlashInferAttention)):
             return None
+        config = self.config
+        max_rows = config.max_num_seqs
+        if config.speculative_drafter != "none":  # verify steps: one row per token
+            from engine.spec.manager import MAX_BATCH
+
+            max_rows = max(max_rows, min(max_rows, MAX_BATCH)
+                           * (config.num_speculative_tokens + 1))
         graphs = CudaGraphRunner(self.model, self.kv_cache, self.model.num_heads,
-                                 self.model.head_dim**-0.5, self.config.max_num_seqs,
-                                 self.max_model_len)
+                                 self.model.head_dim**-0.5, max_rows, self.max_model_len)
         graphs.capture()
         return graphs
 

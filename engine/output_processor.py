@@ -72,11 +72,11 @@ class OutputProcessor:
                 continue  # finished here already (stop string) while the engine ran a step
             out, detok = state
             out.num_cached_tokens = eo.num_cached_tokens
-            detok.add_tokens(eo.new_token_ids)
-            out.token_ids.extend(eo.new_token_ids)
-            out.delta_token_ids = list(eo.new_token_ids)
+            num_taken = detok.add_tokens(eo.new_token_ids)  # fewer past a stop string
+            out.token_ids.extend(eo.new_token_ids[:num_taken])
+            out.delta_token_ids = list(eo.new_token_ids[:num_taken])
             if out.logprobs is not None and eo.logprobs:
-                out.logprobs.extend(eo.logprobs)
+                out.logprobs.extend(eo.logprobs[:num_taken])
             finish = eo.finish_reason
             if detok.stopped and finish is None:
                 finish = "stop"

@@ -84,20 +84,43 @@ class Sampler:
 
         settings = _settings_to_device(params, vocab_size, logits.device)  # (num_rows, 7)
         adjusted = apply_penalties(logits, rows, settings) if any_penalty else logits
+        return _package(logits, _choose(adjusted, settings, rows, sample_idx), params)
 
-        if len(sample_idx) == num_rows:
-            token_ids = _sample(adjusted, settings, rows)
-        else:
-            token_ids = adjusted.argmax(dim=-1)  # (num_rows,)
-            if sample_idx:
-                idx = _to_device(sample_idx, torch.long, logits.device)
-                sampled = _sample(
-                    adjusted.index_select(0, idx),
-                    settings.index_select(0, idx),
-                    [rows[i] for i in sample_idx],
-                )
-                token_ids = token_ids.index_copy(0, idx, sampled)
-        return _package(logits, token_ids, params)
+    def sample_on_device(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+        """(num_rows,) int64 token ids, left on the device: no host synchronisation at all.
+
+        For rows without penalties or logprobs (``needs_host``), the overlap scheduler's path;
+        the tokens are the ones ``__call__`` would pick.
+        """
+        assert not any(needs_host(row.params) for row in rows), "penalties/logprobs need __call__"
+        assert logits.dtype == torch.float32, f"logits must be float32, got {logits.dtype}"
+        sample_idx = [i for i, row in enumerate(rows) if not row.params.greedy]
+        if not sample_idx:
+            return logits.argmax(dim=-1)
+        settings = _settings_to_device([row.params for row in rows], logits.shape[1],
+                                       logits.device)
+        return _choose(logits, settings, rows, sample_idx)
+
+
+def needs_host(params: SamplingParams) -> bool:
+    """Sampling this row reads host state (token counts) or returns logprobs."""
+    return has_penalty(params) or params.logprobs is not None
+
+
+def _choose(
+    logits: torch.Tensor, settings: torch.Tensor, rows: Sequence[SampleRow],
+    sample_idx: list[int],
+) -> torch.Tensor:
+    """(num_rows,) token ids: argmax for greedy rows, a draw (``_sample``) for ``sample_idx``."""
+    if len(sample_idx) == len(rows):
+        return _sample(logits, settings, rows)
+    token_ids = logits.argmax(dim=-1)  # (num_rows,)
+    if sample_idx:
+        idx = _to_device(sample_idx, torch.long, logits.device)
+        sampled = _sample(logits.index_select(0, idx), settings.index_select(0, idx),
+                          [rows[i] for i in sample_idx])
+        token_ids = token_ids.index_copy(0, idx, sampled)
+    return token_ids
 
 
 def apply_penalties(

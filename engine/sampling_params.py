@@ -56,7 +56,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     skip_special_tokens: bool = True
     grammar: GrammarSpec | None = None  # constrain the output; None: free
     # Speculative decoding: None follows the engine (on when it has a drafter, with back-off);
-    # True speculates without the acceptance back-off; False never. Grammars never speculate.
+    # True speculates without the acceptance back-off; False never. Grammars speculate too.
     speculative: bool | None = None
     num_speculative_tokens: int | None = None  # drafts per step; None: the engine's setting
 

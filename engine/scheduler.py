@@ -32,6 +32,9 @@ class ScheduledRequest:
     # positions start + 1 .. start + len(draft_ids) (num_new_tokens counts them) and verified by
     # the runner, which then returns 1 .. 1 + len(draft_ids) tokens.
     draft_ids: list[int] = field(default_factory=list)
+    # Overlap scheduling: the step's one input token is the one the previous step samples for
+    # this request, still on the device: row ``prev_row`` of that step's sampled tokens.
+    prev_row: int | None = None
 
 
 @dataclass
@@ -143,6 +146,48 @@ class Scheduler:
             self.running.append(request)
             out.requests.append(self._scheduled(request, num_new))
             budget -= num_new
+        return out
+
+    def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
+        """Overlap scheduling: the next decode step, planned while ``prev`` still runs.
+
+        Every request of ``prev`` that samples and cannot finish by length there gets one token
+        at position ``num_tokens`` (the token ``prev`` is sampling, read on the device). Returns
+        None, changing nothing, unless this is exactly what a normal ``schedule`` would run next:
+        no waiting request, no pending session traffic, every running request sampled in
+        ``prev`` and pages for every row without evicting or preempting. A request that
+        ``prev`` finishes by EOS or a stop token wastes its row; ``update`` skips it.
+        """
+        if self.waiting or not self._pending_ops.is_empty:
+            return None
+        rows = {}
+        for scheduled in prev.requests:
+            if scheduled.sample:
+                rows[scheduled.request.request_id] = len(rows)
+        if len(rows) != len(self.running) or len(self.running) > self.config.max_num_seqs:
+            return None
+        ahead = []
+        for request in self.running:
+            row = rows.get(request.request_id)
+            if row is None or len(ahead) >= self.config.max_num_batched_tokens:
+                return None
+            if request.num_tokens + 1 >= request.max_len or (
+                    request.params.max_tokens is not None
+                    and len(request.output_ids) + 1 >= request.params.max_tokens):
+                continue  # the token prev samples is its last
+            ahead.append((request, row))
+        if not ahead:
+            return None
+        need = sum(max(0, self.pool.pages_for(r.num_tokens + 1) - len(r.page_ids))
+                   for r, _ in ahead)
+        if need > self.pool.num_free:
+            return None
+        out = SchedulerOutput()
+        for request, row in ahead:
+            assert self._reserve(request, request.num_tokens + 1)
+            self.stats.num_computed_tokens += 1
+            out.requests.append(ScheduledRequest(request, request.num_tokens, 1, True,
+                                                 prev_row=row))
         return out
 
     def _scheduled(self, request: Request, num_new: int,

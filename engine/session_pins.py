@@ -77,6 +77,10 @@ class SessionOps:
     prefetches: list[Prefetch] = field(default_factory=list)
     host_drops: list[str] = field(default_factory=list)  # after the prefetches of the step
 
+    @property
+    def is_empty(self) -> bool:
+        return not (self.backups or self.prefetches or self.host_drops)
+
 
 @dataclass
 class SessionStats:

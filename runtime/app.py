@@ -7,7 +7,9 @@ unexpected exception is a 500 with a generic message and a log line, never a dea
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import time
 from contextlib import asynccontextmanager
 
@@ -64,12 +66,20 @@ async def build_state(config: ServerConfig, engine_config: EngineConfig) -> Serv
         sessions=SessionManager(store, lease_s=config.lease_s))
 
 
+def _stop_server(why: str) -> None:
+    """The engine died (e.g. a tensor-parallel rank exited): in-flight requests have failed;
+    end the server the way SIGTERM does, so a supervisor sees it go and restarts it."""
+    logger.critical("engine is dead (%s); shutting the server down", why)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     from runtime import chat, responses, ws
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.server = await build_state(config, engine_config)
+        app.state.server.engine.on_dead = _stop_server
         logger.warning("serving %s on http://%s:%d", app.state.server.model_name, config.host,
                        config.port)
         try:

@@ -10,13 +10,17 @@ import dataclasses
 import logging
 import sys
 
-from engine.config import EngineConfig
+from engine.config import DRAFTERS, EngineConfig
+from engine.parallel.launch import is_worker_process
 from runtime.state import ServerConfig
 
 _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
-                 "seed", "speculative_drafter", "num_speculative_tokens", "kv_cache_memory_gb",
-                 "gpu_memory_utilization", "pin_budget_fraction", "host_tier_gb")
+                 "seed", "speculative_drafter", "num_speculative_tokens",
+                 "speculative_draft_layers", "kv_cache_memory_gb", "gpu_memory_utilization",
+                 "pin_budget_fraction", "host_tier_gb", "tensor_parallel_size")
+_CHOICES = {"speculative_drafter": DRAFTERS}
+_ALIASES = {"tensor_parallel_size": ("--tp",)}
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +32,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         kind = type(default) if isinstance(default, int | float) else str
         if name in ("num_pages", "max_model_len"):
             kind = int
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+        parser.add_argument(f"--{name.replace('_', '-')}", *_ALIASES.get(name, ()), type=kind,
+                            default=default, choices=_CHOICES.get(name),
                             help=f"(default: {default})")
     parser.add_argument("--no-prefix-caching", action="store_true")
 
@@ -64,6 +69,7 @@ def chat(args: argparse.Namespace) -> int:
             reply.append(out.delta_text)
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": "".join(reply)})
+    llm.shutdown()  # stops tensor-parallel workers, if any
     return 0
 
 
@@ -115,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
              "(default: $AGENTSPEED_CACHE/sessions.sqlite3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = engine_config_from_args(args)
+    if is_worker_process(config):  # torchrun-style launch: ranks > 0 only mirror rank 0
+        from engine.parallel.worker import run_worker
+
+        return run_worker(config)
     if args.command == "chat":
         return chat(args)
     if args.command == "serve":

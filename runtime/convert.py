@@ -13,6 +13,7 @@ from engine.sampling_params import SamplingParams
 from runtime.protocol import chat as chat_types
 from runtime.protocol import responses as resp_types
 from runtime.protocol.errors import APIError, invalid
+from runtime.protocol.extensions import WIRE_NAMES, SpeculativeOptions
 from runtime.state import ServerState
 
 
@@ -77,7 +78,7 @@ def chat_sampling(request: chat_types.ChatCompletionRequest) -> SamplingParams:
         stop=request.stop_list, logprobs=logprobs,
         frequency_penalty=request.frequency_penalty, presence_penalty=request.presence_penalty,
         top_k=request.top_k, min_p=request.min_p, repetition_penalty=request.repetition_penalty,
-        ignore_eos=request.ignore_eos)
+        ignore_eos=request.ignore_eos, **_speculative(request.speculative))
 
 
 # ------------------------------------------------------------------------- responses
@@ -114,10 +115,15 @@ def response_tools(request: resp_types.ResponseCreateRequest) -> list[dict[str, 
 def response_sampling(request: resp_types.ResponseCreateRequest) -> SamplingParams:
     return _sampling(max_tokens=("max_output_tokens", request.max_output_tokens),
                      temperature=request.temperature, top_p=request.top_p,
-                     logprobs=request.top_logprobs)
+                     logprobs=request.top_logprobs, ignore_eos=request.ignore_eos,
+                     **_speculative(request.speculative))
 
 
 # ----------------------------------------------------------------------------- shared
+def _speculative(options: SpeculativeOptions | None) -> dict[str, Any]:
+    return options.sampling_fields() if options is not None else {}
+
+
 def _sampling(max_tokens: tuple[str, int | None], **fields: Any) -> SamplingParams:
     max_param, max_value = max_tokens
     kwargs = {k: v for k, v in fields.items() if v is not None}
@@ -126,7 +132,7 @@ def _sampling(max_tokens: tuple[str, int | None], **fields: Any) -> SamplingPara
         params.validate()
     except InvalidRequestError as exc:
         # The engine's field names, spelled as the wire protocol spells them.
-        renames = {"max_tokens": max_param, "logprobs": "top_logprobs"}
+        renames = {"max_tokens": max_param, "logprobs": "top_logprobs", **WIRE_NAMES}
         param = renames.get(exc.param, exc.param)
         message = exc.message.replace(exc.param or "", param or "", 1)
         raise invalid(message, param) from None

@@ -2,7 +2,8 @@
 
 One background task reads every engine message and routes outputs to per-request queues, so a
 slow client only ever backs up its own queue. If the engine process dies, every waiting request
-fails with a server error instead of hanging.
+fails with a server error instead of hanging, and ``on_dead`` is told (the server then exits:
+an engine never comes back, and a supervisor restarts the whole server).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import multiprocessing
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import zmq
@@ -58,6 +59,8 @@ class EngineClient:
         self.stats: EngineStats | None = None
         self._queues: dict[str, asyncio.Queue] = {}
         self._dead: str | None = None
+        # Called once when the engine dies after start-up (the server shuts itself down).
+        self.on_dead: Callable[[str], None] | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(FromEngine)
 
@@ -117,9 +120,12 @@ class EngineClient:
 
     def _fail_all(self, why: str) -> None:
         logger.error("%s", why)
+        first = self._dead is None
         self._dead = why
         for queue in self._queues.values():
             queue.put_nowait(EngineError(why, server_error=True))
+        if first and self.on_dead is not None:
+            self.on_dead(why)
 
     @property
     def is_alive(self) -> bool:

@@ -78,10 +78,10 @@ async def generate(
         if out.new_token_ids and first_token_time is None:
             first_token_time = time.monotonic()
         cached = out.num_cached_tokens
-        output_ids.extend(out.new_token_ids)
+        num_taken = detok.add_tokens(out.new_token_ids)  # fewer past a stop string
+        output_ids.extend(out.new_token_ids[:num_taken])
         if logprobs is not None and out.logprobs:
-            logprobs.extend(out.logprobs)
-        detok.add_tokens(out.new_token_ids)
+            logprobs.extend(out.logprobs[:num_taken])
         finish = "stop" if detok.stopped else out.finish_reason
         if finish is not None:
             detok.flush()

@@ -43,6 +43,11 @@ class Metrics:
                                 "Host-tier prefetches so far", registry=r)
         self.prefetch_seconds = Gauge("agentspeed_session_prefetch_seconds",
                                       "Time spent copying host-tier KV back", registry=r)
+        self.spec_steps = Gauge("agentspeed_spec_verify_steps",
+                                "Request-steps that verified speculative drafts", registry=r)
+        self.spec_tokens = Gauge("agentspeed_spec_draft_tokens",
+                                 "Speculative draft tokens verified, and accepted", ["outcome"],
+                                 registry=r)
         self.connections = Gauge("agentspeed_websocket_connections", "Open WebSockets",
                                  registry=r)
 
@@ -67,6 +72,9 @@ class Metrics:
         self.demotions.set(stats.num_demotions)
         self.prefetches.set(stats.num_prefetches)
         self.prefetch_seconds.set(stats.prefetch_seconds)
+        self.spec_steps.set(stats.num_spec_verify_steps)
+        self.spec_tokens.labels("drafted").set(stats.num_spec_draft_tokens)
+        self.spec_tokens.labels("accepted").set(stats.num_spec_accepted_tokens)
 
     def observe_finished(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
                          ttft_s: float | None, decode_s: float | None) -> None:

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from engine.request import Request
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What the engine lends drafters that run a network (``Drafter.uses_model``)."""
+
+    model: Any  # the target model (engine.models), eval mode, on the runner's device and dtype
+    num_draft_layers: int = 0  # self-speculation: target layers the draft runs; 0: half
 
 
 class Drafter(ABC):
@@ -24,7 +33,11 @@ class Drafter(ABC):
     calls exactly once when a request finishes or is aborted. ``propose`` must be cheap: it runs
     on the host for every decoding request every step (tens of microseconds, not milliseconds),
     so indexes are updated incrementally from the tokens appended since the last call.
+    Drafters that run a network (``uses_model``, see ``engine.spec.draft_model``) cost more and
+    say so; they are built with a ``DraftContext`` as second argument.
     """
+
+    uses_model = False
 
     def __init__(self, max_draft_len: int) -> None:
         assert max_draft_len >= 1, f"max_draft_len must be >= 1, got {max_draft_len}"
@@ -73,11 +86,17 @@ def register_drafter(name: str) -> Callable[[_D], _D]:
     return decorate
 
 
-def create_drafter(name: str, max_draft_len: int) -> Drafter:
-    """The drafter registered as ``name``; ``ValueError`` for an unknown name."""
+def create_drafter(name: str, max_draft_len: int, context: DraftContext | None = None) -> Drafter:
+    """The drafter registered as ``name``; ``ValueError`` for an unknown name, or for a drafter
+    that runs a network when no ``context`` (target model) is given."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown speculative drafter {name!r}; known: {available_drafters()}")
-    return _REGISTRY[name](max_draft_len)
+    cls = _REGISTRY[name]
+    if not cls.uses_model:
+        return cls(max_draft_len)
+    if context is None:
+        raise ValueError(f"speculative drafter {name!r} runs a model: pass a DraftContext")
+    return cls(max_draft_len, context)
 
 
 def available_drafters() -> list[str]:

@@ -6,9 +6,10 @@ request with ``1 + len(draft_ids)`` tokens (it trims drafts to the token budget,
 window and ``max_tokens``), the runner verifies them, and after ``Scheduler.update`` the engine
 reports the outcome through ``observe``.
 
-A request speculates when the engine has a drafter, its ``params.speculative`` is not False and it
-has no grammar (constrained requests never speculate: verifying drafts under a grammar would need
-a mask per drafted position and a matcher rollback on rejection; not worth it yet).
+A request speculates when the engine has a drafter and its ``params.speculative`` is not False.
+Constrained requests (a grammar) speculate too: the runner masks each drafted position with the
+grammar's matcher advanced through the drafts before it, then rolls the matcher back
+(``ModelRunner._mask_logits``), so a draft the grammar refuses is simply rejected.
 
 Back-off (documented rule; both bounds are constants below):
 - batch: with more than ``MAX_BATCH`` decoding requests no request drafts — a verify step's cost
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from engine.request import Request
-from engine.spec.base import Drafter, create_drafter
+from engine.spec.base import DraftContext, Drafter, create_drafter
 
 MAX_BATCH = 16
 EMA_WEIGHT = 0.25
@@ -66,12 +67,16 @@ class _Backoff:
 
 
 class SpecDecoder:
-    """Owns the drafter and the per-request back-off state; engine loop thread only."""
+    """Owns the drafter and the per-request back-off state; engine loop thread only.
 
-    def __init__(self, drafter: str | Drafter, num_speculative_tokens: int) -> None:
+    ``context`` lends the target model to drafters that run one (``Drafter.uses_model``).
+    """
+
+    def __init__(self, drafter: str | Drafter, num_speculative_tokens: int,
+                 context: DraftContext | None = None) -> None:
         assert num_speculative_tokens >= 1, "num_speculative_tokens must be >= 1"
         self.num_speculative_tokens = num_speculative_tokens
-        self.drafter = (create_drafter(drafter, num_speculative_tokens)
+        self.drafter = (create_drafter(drafter, num_speculative_tokens, context)
                         if isinstance(drafter, str) else drafter)
         self.stats = SpecStats()
         self._backoff: dict[str, _Backoff] = {}
@@ -84,10 +89,12 @@ class SpecDecoder:
             return
         for request in decoding:
             params = request.params
-            if params.speculative is False or params.grammar is not None:
+            if params.speculative is False:
                 continue
-            k = params.num_speculative_tokens or self.num_speculative_tokens
-            if k <= 0:
+            k = params.num_speculative_tokens
+            if k is None:
+                k = self.num_speculative_tokens
+            elif k == 0:  # the request turned speculation off
                 continue
             state = self._backoff.get(request.request_id)
             if state is None:

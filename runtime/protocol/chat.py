@@ -13,6 +13,7 @@ from typing import Any, Literal
 from msgspec import UNSET, Struct, UnsetType, field
 
 from runtime.protocol.errors import invalid
+from runtime.protocol.extensions import SpeculativeOptions
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -151,6 +152,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool | None = None
+    speculative: SpeculativeOptions | None = None  # agentspeed's (runtime.protocol.extensions)
 
     def __post_init__(self) -> None:
         # APIError is not a ValueError, so msgspec lets it through decode unchanged.

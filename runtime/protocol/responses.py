@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from msgspec import Struct, field
 
+from runtime.protocol.extensions import SpeculativeOptions
+
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 ResponseStatus = Literal["in_progress", "completed", "incomplete", "failed"]
 
@@ -162,6 +164,10 @@ class ResponseCreateRequest(Struct, kw_only=True):
     text: TextConfig | None = None  # None: plain text
     metadata: dict[str, str] | None = None
     user: str | None = None
+    # Extension (not in OpenAI's API), as in chat completions: generate through end-of-sequence
+    # tokens until max_output_tokens (benchmarks need fixed output lengths).
+    ignore_eos: bool | None = None
+    speculative: SpeculativeOptions | None = None  # agentspeed's (runtime.protocol.extensions)
     # WebSocket mode only.
     generate: bool | None = True  # False: prefill and pin instructions + tools, no output
     stream_id: str | None = None  # the lane; responses on one lane run one at a time, FIFO

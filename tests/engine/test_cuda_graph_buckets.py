@@ -47,3 +47,11 @@ def test_pad_decode_batch_rejects_bad_input() -> None:
         pad_decode_batch(2, [1], [3], [[SCRATCH_PAGE]], page_size=4)
     with pytest.raises(AssertionError, match="shorter"):
         pad_decode_batch(2, [1], [9], [[1, 2]], page_size=4)
+
+
+def test_capture_batch_is_all_padding_on_the_scratch_page() -> None:
+    """Graphs are captured on an all-padding batch: nothing but the scratch page is touched."""
+    out = pad_decode_batch(2, [], [], [], page_size=4)
+    assert out.input_ids == [0, 0] and out.positions == [0, 0]
+    assert out.slot_mapping == [SCRATCH_PAGE * 4] * 2
+    assert out.kv_indices == [SCRATCH_PAGE] * 2 and out.kv_indptr == [0, 1, 2]

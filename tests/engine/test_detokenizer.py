@@ -59,3 +59,15 @@ def test_special_tokens_skipped_or_kept(tok):
         detok.add_tokens(ids)
         detok.flush()
         assert detok.text == expected
+
+
+def test_tokens_after_the_stop_do_not_count(tok):
+    # A speculative step hands several tokens at once; those after the stop are not output.
+    ids = tok.encode("The answer is 42. END OF ANSWER and more", add_special_tokens=False)
+    one_by_one = IncrementalDetokenizer(tok, [], SamplingParams(stop=["END OF"]))
+    used = next(i + 1 for i, t in enumerate(ids) if one_by_one.add_tokens([t]) and
+                one_by_one.stopped)
+    assert used < len(ids)
+    at_once = IncrementalDetokenizer(tok, [], SamplingParams(stop=["END OF"]))
+    assert at_once.add_tokens(ids) == used and at_once.text == one_by_one.text
+    assert at_once.add_tokens(ids[:2]) == 0, "nothing counts once stopped"

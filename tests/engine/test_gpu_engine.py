@@ -121,7 +121,7 @@ class _Path:
         from kernels.attention import AttentionBatch
 
         if self.fast:
-            return self.model.compute_logits(self.graphs.run(tokens, kv_lens, pages)).clone()
+            return self.graphs.run(tokens, kv_lens, pages).clone()
         previous = set_fused_ops(False)
         try:
             pos = [n - 1 for n in kv_lens]
@@ -184,7 +184,8 @@ def test_fast_path_matches_torch_reference(name: str) -> None:
 
 
 def test_llm_graphs_match_eager(tmp_path) -> None:
-    """The engine end to end: greedy output with decode graphs equals the eager fast path."""
+    """The engine end to end: output with decode graphs, and with overlap scheduling, equals
+    the eager fast path token for token."""
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
 
@@ -198,15 +199,49 @@ def test_llm_graphs_match_eager(tmp_path) -> None:
         shutil.copy(os.path.join(tok_dir, f), path)
     with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["head_dim"] == 64
-    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-    prompts = [[1, 5, 9, 200, 17], [3] * 40, list(range(10, 31))]
+    # Different lengths: the batch shrinks (bucket 4 -> 2 -> 1) while steps run ahead.
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (12, 7, 3)]
+    params.append(SamplingParams(temperature=0.8, seed=5, max_tokens=9, ignore_eos=True))
+    prompts = [[1, 5, 9, 200, 17], [3] * 40, list(range(10, 31)), [7, 8, 9]]
     outs = {}
-    for eager in (True, False):
+    # (no graphs, plain loop), (graphs, plain loop), (graphs, overlap scheduling: the default)
+    for eager, overlap in ((True, False), (False, False), (False, True)):
         llm = LLM(path, dtype="bfloat16", load_format="dummy", num_pages=64, max_num_seqs=4,
-                  enforce_eager=eager)
+                  enforce_eager=eager, overlap_schedule=overlap)
         assert (llm.engine.runner.graphs is None) == eager
-        outs[eager] = [o.token_ids for o in llm.generate(prompts, params)]
+        outs[eager, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
+        llm.engine.scheduler.check_integrity()
         del llm
         torch.cuda.empty_cache()
-    assert outs[True] == outs[False]
-    assert all(len(t) == 12 for t in outs[False])
+    assert outs[True, False] == outs[False, False] == outs[False, True]
+    assert [len(t) for t in outs[False, True]] == [12, 7, 3, 9]
+
+
+def test_speculative_verify_in_graphs_matches_plain_decode(tmp_path) -> None:
+    """Verify steps replay the decode graphs (one row per token): greedy output with n-gram
+    drafting equals decoding without it, and some drafts were accepted on repetitive input."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    path = str(tmp_path / "tiny-qwen3")
+    os.makedirs(path)
+    _config("tiny").save_pretrained(path)
+    tok_dir = os.environ.get("AGENTSPEED_TOKENIZER_DIR", ".gpu_assets/smollm2_tokenizer")
+    if not os.path.isdir(tok_dir):
+        pytest.skip("no tokenizer files for the model dir")
+    for f in os.listdir(tok_dir):
+        shutil.copy(os.path.join(tok_dir, f), path)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = [[5, 6, 7, 8, 9] * 12, list(range(100, 120)) * 3]
+    outs, stats = {}, None
+    for drafter in ("none", "ngram"):
+        llm = LLM(path, dtype="bfloat16", load_format="dummy", num_pages=64, max_num_seqs=8,
+                  speculative_drafter=drafter)
+        assert llm.engine.runner.graphs is not None
+        outs[drafter] = [o.token_ids for o in llm.generate(prompts, params)]
+        if llm.engine.spec is not None:
+            stats = llm.engine.spec.stats
+        del llm
+        torch.cuda.empty_cache()
+    assert outs["ngram"] == outs["none"]
+    assert stats.num_verify_steps > 0

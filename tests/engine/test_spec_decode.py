@@ -16,12 +16,13 @@ from engine.request import FinishReason, Request
 from engine.sampler import Sampler, SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
-from engine.spec import SpecDecoder
+from engine.spec import DraftContext, SpecDecoder
 from engine.spec.base import Drafter
 from engine.spec.manager import MIN_STEPS
 from engine.spec.ngram import NgramDrafter
 from engine.spec.suffix import SuffixDrafter
 from engine.spec.verify import verify
+from tools.constrained import FunctionSchema, NamedToolChoice, tool_call_grammar
 from tools.parsers.base import fold_events
 from tools.parsers.hermes import HermesToolParser
 
@@ -84,6 +85,19 @@ def test_greedy_identical_for_every_draft_length(llm, prompts, baseline, drafter
     check_engine(llm)
 
 
+def test_self_drafter_greedy_identical(llm, prompts, baseline):
+    # Half the layers draft (engine.spec.self_spec): mostly rejected on this small model, some
+    # accepted; opted out of the back-off so every step drafts. Many prompts and lengths run on
+    # the tiny model (tests/engine/test_self_spec.py); a draft token costs ~half a forward here.
+    llm.engine.spec = SpecDecoder("self", 6, DraftContext(llm.engine.runner.model))
+    params = [greedy(16, num_speculative_tokens=k, speculative=True) for k in (5, 2)]
+    outs = llm.generate(prompts[1:], params)
+    assert [o.token_ids for o in outs] == [b[:16] for b in baseline[1:]]
+    stats = llm.engine.spec.stats
+    assert stats.num_draft_tokens >= 40 and stats.num_accepted_tokens > 0, stats
+    check_engine(llm)
+
+
 def test_mean_accepted_length_on_repetitive_transcript(llm, prompts, baseline):
     llm.engine.spec = SpecDecoder("suffix", 4)
     out = llm.generate([prompts[0]], greedy())[0]
@@ -107,8 +121,11 @@ def test_stops_inside_an_accepted_run(llm, prompts, baseline):
     # A stop string: text after it is dropped even when its tokens were accepted together.
     text = llm.tokenizer.decode(ids)
     stop = text[len(text) // 2 : len(text) // 2 + 5]
-    out = llm.generate([prompts[0]], greedy(stop=[stop]))[0]
+    out, plain = llm.generate([prompts[0]] * 2, [
+        greedy(stop=[stop], logprobs=0), greedy(stop=[stop], logprobs=0, speculative=False)])
     assert out.text == text[: text.index(stop)] and out.finish_reason == "stop"
+    # Tokens accepted after the one that completed the stop string are not output (nor billed).
+    assert out.token_ids == plain.token_ids and len(out.logprobs) == len(plain.token_ids)
     assert llm.engine.spec.stats.mean_accepted_len > 1.5
     check_engine(llm)
 
@@ -130,6 +147,49 @@ def test_tool_call_streaming_reassembles(llm, prompts, baseline):
         (c.name, c.arguments) for c in expected.tool_calls]
     assert parsed.content == expected.content
     assert [c.name for c in parsed.tool_calls] == ["read_file"]
+    check_engine(llm)
+
+
+class _Oracle(Drafter):
+    """Drafts a known output (the right continuation), with ``bad`` written over its third
+    draft when given: every drafted row's mask must be right for these to be accepted."""
+
+    def __init__(self, output: list[int], bad: int | None = None) -> None:
+        super().__init__(6)
+        self.output, self.bad = output, bad
+
+    def propose(self, request, max_len):
+        done = len(request.output_ids)
+        draft = self.output[done : done + min(max_len, self.max_draft_len)]
+        if self.bad is not None and len(draft) > 2:
+            draft[2] = self.bad
+        return draft
+
+
+def test_constrained_requests_speculate_with_a_mask_per_draft(llm, prompts):
+    read_file = FunctionSchema("read_file", {
+        "type": "object", "additionalProperties": False, "required": ["path", "lines"],
+        "properties": {"path": {"type": "string"},
+                       "lines": {"type": "array", "items": {"type": "integer"}}}})
+    grammar = tool_call_grammar([read_file], NamedToolChoice("read_file"))
+    plain = llm.generate([prompts[1]], greedy(48, grammar=grammar, speculative=False))[0]
+    (call,) = HermesToolParser.parse(plain.text).tool_calls
+    assert call.name == "read_file" and plain.finish_reason == "stop"
+    eos = llm.engine.eos_token_ids[0]
+    # Copies of the earlier call; the exact output, ending in an accepted stop token; the same
+    # with a stop token mid-call, which the grammar refuses (so the rows after it go unmasked).
+    for drafter in (SuffixDrafter(6), _Oracle(plain.token_ids), _Oracle(plain.token_ids, eos)):
+        llm.engine.spec = SpecDecoder(drafter, 6)
+        out = llm.generate([prompts[1]], greedy(48, grammar=grammar, speculative=True))[0]
+        assert out.token_ids == plain.token_ids, type(drafter).__name__
+        assert llm.engine.spec.stats.num_accepted_tokens > 0, type(drafter).__name__
+    # Sampled: every emitted token is one the grammar allowed (the runner asserts each).
+    llm.engine.spec = SpecDecoder("suffix", 6)
+    sampled = llm.generate([prompts[1]], SamplingParams(temperature=1.0, seed=3, max_tokens=48,
+                                                        grammar=grammar, speculative=True))[0]
+    if sampled.finish_reason == "stop":
+        (call,) = HermesToolParser.parse(sampled.text).tool_calls
+        assert set(json.loads(call.arguments)) == {"path", "lines"}
     check_engine(llm)
 
 
@@ -225,6 +285,13 @@ def test_backoff_after_low_acceptance():
     assert request.draft_ids == [], "low acceptance must pause drafting"
     request.params.speculative = True  # opted in: no back-off
     spec2 = SpecDecoder(_WrongDrafter(4), 4)
+    request.params.num_speculative_tokens = 0  # ... but zero drafts per step: off
+    spec2.propose([request])
+    assert request.draft_ids == []
+    request.params.num_speculative_tokens = 2
+    spec2.propose([request])
+    assert request.draft_ids == [0, 0]
+    request.params.num_speculative_tokens = None
     for _ in range(MIN_STEPS + 1):
         spec2.propose([request])
         assert request.draft_ids == [0, 0, 0, 0]

@@ -1,0 +1,88 @@
+"""One tensor-parallel group: this process's rank and the collectives the sharded model calls.
+
+Two ``torch.distributed`` groups over the same ranks:
+- ``device_group``: NCCL on CUDA, gloo on CPU. The model's all-reduces and all-gathers run here,
+  on the current stream, without host synchronisation (NCCL collectives are captured by the
+  decode CUDA graphs).
+- ``cpu_group``: gloo. Rank 0's step messages and the start-up agreement; its timeout is
+  effectively infinite because idle ranks wait on it for as long as the server is idle.
+
+A collective that fails (on gloo: a peer's socket closed because it died) raises
+``TensorParallelError`` with the best explanation at hand (``explain``), never a bare gloo error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+# torch >= 2.12 renames all_gather_into_tensor; the GPU hosts run 2.11.
+_all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class TensorParallelError(RuntimeError):
+    """A rank died, hung up or disagrees: the engine cannot go on (never a request's fault)."""
+
+
+class TPGroup:
+    def __init__(self, rank: int, world_size: int, device: torch.device,
+                 device_group: dist.ProcessGroup, cpu_group: dist.ProcessGroup) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.device_group = device_group
+        self.cpu_group = cpu_group
+        # Why a collective failed, if anyone knows (rank 0 watching its local workers does).
+        self.explain: Callable[[BaseException], str] = self.generic_failure
+
+    def generic_failure(self, exc: BaseException) -> str:
+        return (f"tensor-parallel rank {self.rank}: a collective failed, another rank has "
+                f"probably died ({exc})")
+
+    def _fail(self, exc: BaseException) -> TensorParallelError:
+        return TensorParallelError(self.explain(exc))
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum ``x`` over the ranks, in place; returns ``x``."""
+        try:
+            dist.all_reduce(x, group=self.device_group)
+        except RuntimeError as exc:
+            raise self._fail(exc) from exc
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, ...) on every rank -> (world_size * n, ...), rank-major, on every rank."""
+        out = torch.empty((self.world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype,
+                          device=x.device)
+        try:
+            _all_gather_into(out, x.contiguous(), group=self.device_group)
+        except RuntimeError as exc:
+            raise self._fail(exc) from exc
+        return out
+
+    def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank ``src``'s ``x`` into every rank's ``x`` (device group, no host sync on NCCL)."""
+        try:
+            dist.broadcast(x, src, group=self.device_group)
+        except RuntimeError as exc:
+            raise self._fail(exc) from exc
+        return x
+
+    def broadcast_cpu(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Like ``broadcast`` for a CPU tensor, over the gloo group (blocks until it arrives)."""
+        try:
+            dist.broadcast(x, src, group=self.cpu_group)
+        except RuntimeError as exc:
+            raise self._fail(exc) from exc
+        return x
+
+    def all_gather_object(self, obj: object) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, over the gloo group."""
+        out: list = [None] * self.world_size
+        try:
+            dist.all_gather_object(out, obj, group=self.cpu_group)
+        except RuntimeError as exc:
+            raise self._fail(exc) from exc
+        return out
