@@ -198,19 +198,22 @@ class ModelRunner:
         constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
         if constrained:
             self._mask_logits(logits, samplers, constrained)
-        rows = []
-        for request in samplers:
-            if request.sampler_state is None and request.params.seed is not None:
-                request.sampler_state = make_generator(request.params, self.device)
-            rows.append(
-                SampleRow(request.params, request.prompt_ids, request.output_ids,
-                          request.sampler_state)
-            )
+        rows = self._sample_rows(samplers)
         tokens = self.sampler(logits, rows)
         for i in constrained:
             accepted = samplers[i].grammar_state.accept(tokens[i].token_id)
             assert accepted, f"{samplers[i].request_id}: the grammar refused a token it allowed"
         return {r.request_id: [t] for r, t in zip(samplers, tokens)}
+
+    def _sample_rows(self, samplers: list[Request]) -> list[SampleRow]:
+        """The sampler's view of each request; a seeded request gets its generator once."""
+        rows = []
+        for request in samplers:
+            if request.sampler_state is None and request.params.seed is not None:
+                request.sampler_state = make_generator(request.params, self.device)
+            rows.append(SampleRow(request.params, request.prompt_ids, request.output_ids,
+                                  request.sampler_state))
+        return rows
 
     # ------------------------------------------------------------ overlap scheduling
     def can_launch(self, out: SchedulerOutput) -> bool:
@@ -228,12 +231,7 @@ class ModelRunner:
         samplers = [s.request for s in out.requests if s.sample]
         if not samplers:
             return InFlight(out, samplers, None, None, None)
-        rows = []
-        for request in samplers:
-            if request.sampler_state is None and request.params.seed is not None:
-                request.sampler_state = make_generator(request.params, self.device)
-            rows.append(SampleRow(request.params, request.prompt_ids, request.output_ids,
-                                  request.sampler_state))
+        rows = self._sample_rows(samplers)
         tokens = self.sampler.sample_on_device(logits, rows)  # (num_samplers,) int64
         if self.device.type != "cuda":
             return InFlight(out, samplers, tokens, tokens, None)
@@ -264,12 +262,7 @@ class ModelRunner:
         constrained = [i for i, r in enumerate(samplers) if r.params.grammar is not None]
         if constrained:
             self._mask_logits(logits, samplers, constrained, drafts)
-        rows = []
-        for request in samplers:
-            if request.sampler_state is None and request.params.seed is not None:
-                request.sampler_state = make_generator(request.params, self.device)
-            rows.append(SampleRow(request.params, request.prompt_ids, request.output_ids,
-                                  request.sampler_state))
+        rows = self._sample_rows(samplers)
         results = verify(self.sampler, logits, rows, drafts)
         for i in constrained:
             state = samplers[i].grammar_state

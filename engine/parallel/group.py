@@ -64,16 +64,15 @@ class TPGroup:
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Rank ``src``'s ``x`` into every rank's ``x`` (device group, no host sync on NCCL)."""
-        try:
-            dist.broadcast(x, src, group=self.device_group)
-        except RuntimeError as exc:
-            raise self._fail(exc) from exc
-        return x
+        return self._broadcast(x, src, self.device_group)
 
     def broadcast_cpu(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Like ``broadcast`` for a CPU tensor, over the gloo group (blocks until it arrives)."""
+        return self._broadcast(x, src, self.cpu_group)
+
+    def _broadcast(self, x: torch.Tensor, src: int, group) -> torch.Tensor:
         try:
-            dist.broadcast(x, src, group=self.cpu_group)
+            dist.broadcast(x, src, group=group)
         except RuntimeError as exc:
             raise self._fail(exc) from exc
         return x

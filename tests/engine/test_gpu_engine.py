@@ -183,12 +183,9 @@ def test_fast_path_matches_torch_reference(name: str) -> None:
         assert _rel_err(a, b) < 5e-2
 
 
-def test_llm_graphs_match_eager(tmp_path) -> None:
-    """The engine end to end: output with decode graphs, and with overlap scheduling, equals
-    the eager fast path token for token."""
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
-
+def _tiny_model_dir(tmp_path) -> str:
+    """The tiny config as a model directory (random weights come from ``load_format="dummy"``)
+    with tokenizer files from ``AGENTSPEED_TOKENIZER_DIR`` (GPU hosts lack the default model)."""
     path = str(tmp_path / "tiny-qwen3")
     os.makedirs(path)
     _config("tiny").save_pretrained(path)
@@ -197,6 +194,16 @@ def test_llm_graphs_match_eager(tmp_path) -> None:
         pytest.skip("no tokenizer files for the model dir")
     for f in os.listdir(tok_dir):
         shutil.copy(os.path.join(tok_dir, f), path)
+    return path
+
+
+def test_llm_graphs_match_eager(tmp_path) -> None:
+    """The engine end to end: output with decode graphs, and with overlap scheduling, equals
+    the eager fast path token for token."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    path = _tiny_model_dir(tmp_path)
     with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["head_dim"] == 64
     # Different lengths: the batch shrinks (bucket 4 -> 2 -> 1) while steps run ahead.
@@ -223,14 +230,7 @@ def test_speculative_verify_in_graphs_matches_plain_decode(tmp_path) -> None:
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
 
-    path = str(tmp_path / "tiny-qwen3")
-    os.makedirs(path)
-    _config("tiny").save_pretrained(path)
-    tok_dir = os.environ.get("AGENTSPEED_TOKENIZER_DIR", ".gpu_assets/smollm2_tokenizer")
-    if not os.path.isdir(tok_dir):
-        pytest.skip("no tokenizer files for the model dir")
-    for f in os.listdir(tok_dir):
-        shutil.copy(os.path.join(tok_dir, f), path)
+    path = _tiny_model_dir(tmp_path)
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     prompts = [[5, 6, 7, 8, 9] * 12, list(range(100, 120)) * 3]
     outs, stats = {}, None
