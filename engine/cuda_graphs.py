@@ -182,13 +182,11 @@ class _Bucket:
         # refilled once it has passed (with overlap scheduling the step before this one may
         # still be queued when the next is prepared).
         self.staged = torch.cuda.Event()
-        self.staged_once = False
 
     def load(self, inputs: DecodeInputs) -> None:
         """Copy one padded step into the persistent buffers and plan attention; no sync."""
         b = self.size
-        if self.staged_once:
-            self.staged.synchronize()  # the last load's copies ran: long done in steady state
+        self.staged.synchronize()  # the last load's copies ran (no-op before the first record)
         host = self.inputs_cpu
         host[:b] = torch.tensor(inputs.input_ids, dtype=torch.int64)
         host[b:2 * b] = torch.tensor(inputs.positions, dtype=torch.int64)
@@ -202,7 +200,6 @@ class _Bucket:
         self.last_cpu.copy_(torch.tensor(inputs.kv_last_page_len, dtype=torch.int32))
         self.attn.plan_decode(self.indptr_cpu, indices_gpu, self.last_cpu)
         self.staged.record()
-        self.staged_once = True
 
     def forward(self, model: torch.nn.Module) -> torch.Tensor:
         """The whole decode step up to float32 logits (LM head included)."""

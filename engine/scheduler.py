@@ -184,7 +184,8 @@ class Scheduler:
             return None
         out = SchedulerOutput()
         for request, row in ahead:
-            assert self._reserve(request, request.num_tokens + 1)
+            reserved = self._reserve(request, request.num_tokens + 1)
+            assert reserved, "free pages were counted above"
             self.stats.num_computed_tokens += 1
             out.requests.append(ScheduledRequest(request, request.num_tokens, 1, True,
                                                  prev_row=row))

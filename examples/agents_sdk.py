@@ -21,13 +21,15 @@ when the server cannot be reached, refuses the key, or the forced tool call neve
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
-import operator
-import os
 import sys
 
 import openai
+from _common import (  # examples/ is the script's own directory
+    add_server_args,
+    evaluate,
+    exit_if_unusable,
+)
 from agents import (
     Agent,
     MaxTurnsExceeded,
@@ -40,34 +42,9 @@ from agents import (
     set_tracing_disabled,
 )
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 MODELS = {"chat": OpenAIChatCompletionsModel, "responses": OpenAIResponsesModel,
           "responses-ws": OpenAIResponsesWSModel}
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-              ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-              ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 tool_calls: list[tuple[str, str]] = []  # (expression, result) of every call the agent made
-
-
-def evaluate(expression: str) -> int | float:
-    """The value of an arithmetic expression; raises ``ValueError`` on anything else."""
-
-    def value(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](value(node.operand))
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 64:
-                raise ValueError("exponent too large")
-            return _OPERATORS[type(node.op)](left, right)
-        raise ValueError(f"unsupported syntax: {type(node).__name__}")
-
-    try:
-        return value(ast.parse(expression.strip(), mode="eval").body)
-    except (SyntaxError, ZeroDivisionError, OverflowError) as exc:
-        raise ValueError(str(exc)) from None
 
 
 @function_tool
@@ -89,10 +66,7 @@ def calculator(expression: str) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What is 17 * 23?")
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"),
-                        help="any value works when the server runs without --api-key")
-    parser.add_argument("--model", default=None, help="default: the first served model")
+    add_server_args(parser)
     parser.add_argument("--api", choices=sorted(MODELS), default="chat")
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48, help="per model call")
@@ -103,13 +77,8 @@ async def connect(args: argparse.Namespace) -> tuple[openai.AsyncOpenAI, str]:
     """A client and the model id, or exit 1 with a message when the server is not usable."""
     client = openai.AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0,
                                 timeout=120)
-    try:
+    with exit_if_unusable(args.base_url):
         models = [m.id async for m in client.models.list()]
-    except openai.APIConnectionError:
-        sys.exit(f"error: cannot reach an agentspeed server at {args.base_url} "
-                 "(start one with `make serve`, or pass --base-url)")
-    except openai.AuthenticationError:
-        sys.exit(f"error: {args.base_url} refused the API key (pass --api-key)")
     return client, args.model or models[0]
 
 

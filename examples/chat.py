@@ -15,12 +15,10 @@ when the server cannot be reached or refuses the key.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import openai
+from _common import add_server_args, connect  # examples/ is the script's own directory
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 QUESTIONS = ("What is the capital of France?", "What is it famous for?",
              "Summarize our conversation in one sentence.")
 
@@ -28,26 +26,9 @@ QUESTIONS = ("What is the capital of France?", "What is it famous for?",
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("questions", nargs="*", help="user turns (default: a few built-in ones)")
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"),
-                        help="any value works when the server runs without --api-key")
-    parser.add_argument("--model", default=None, help="default: the first served model")
+    add_server_args(parser)
     parser.add_argument("--max-tokens", type=int, default=48, help="per reply (CPU: keep small)")
     return parser.parse_args()
-
-
-def connect(args: argparse.Namespace) -> tuple[openai.OpenAI, str]:
-    """A client and the model id, or exit 1 with a message when the server is not usable."""
-    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0,
-                           timeout=120)
-    try:
-        models = [m.id for m in client.models.list()]
-    except openai.APIConnectionError:
-        sys.exit(f"error: cannot reach an agentspeed server at {args.base_url} "
-                 "(start one with `make serve`, or pass --base-url)")
-    except openai.AuthenticationError:
-        sys.exit(f"error: {args.base_url} refused the API key (pass --api-key)")
-    return client, args.model or models[0]
 
 
 def main() -> int:

@@ -22,15 +22,11 @@ when the server cannot be reached, refuses the key, fails a turn or ignores the 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import operator
-import os
 import sys
 
-import openai
+from _common import add_server_args, connect, evaluate  # examples/ is the script's own directory
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 INSTRUCTIONS = ("You are a careful assistant. Use the calculator tool for any arithmetic, then "
                 "answer with the number it returned.")
 CALCULATOR = {
@@ -45,32 +41,6 @@ CALCULATOR = {
     },
     "strict": True,
 }
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-              ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-              ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
-
-
-def evaluate(expression: str) -> int | float:
-    """The value of an arithmetic expression; raises ``ValueError`` on anything else."""
-
-    def value(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](value(node.operand))
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 64:
-                raise ValueError("exponent too large")
-            return _OPERATORS[type(node.op)](left, right)
-        raise ValueError(f"unsupported syntax: {type(node).__name__}")
-
-    try:
-        return value(ast.parse(expression.strip(), mode="eval").body)
-    except (SyntaxError, ZeroDivisionError, OverflowError) as exc:
-        raise ValueError(str(exc)) from None
-
-
 def calculator(arguments: str) -> str:
     """Run the tool on the model's JSON arguments; errors go back to the model as JSON too."""
     try:
@@ -91,27 +61,10 @@ def compact(arguments: str) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What is 17 * 23?")
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"),
-                        help="any value works when the server runs without --api-key")
-    parser.add_argument("--model", default=None, help="default: the first served model")
+    add_server_args(parser)
     parser.add_argument("--max-turns", type=int, default=3)
     parser.add_argument("--max-output-tokens", type=int, default=64, help="per turn")
     return parser.parse_args()
-
-
-def connect(args: argparse.Namespace) -> tuple[openai.OpenAI, str]:
-    """A client and the model id, or exit 1 with a message when the server is not usable."""
-    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0,
-                           timeout=120)
-    try:
-        models = [m.id for m in client.models.list()]
-    except openai.APIConnectionError:
-        sys.exit(f"error: cannot reach an agentspeed server at {args.base_url} "
-                 "(start one with `make serve`, or pass --base-url)")
-    except openai.AuthenticationError:
-        sys.exit(f"error: {args.base_url} refused the API key (pass --api-key)")
-    return client, args.model or models[0]
 
 
 def run_turn(conn, **create):

@@ -27,6 +27,18 @@ def _load_kv_block(
     return k, v
 
 
+@jit
+def _online_softmax_step(s, v, m_i, l_i, acc):
+    """Fold one block of base-2 scores ``s`` (rows x keys) and its values ``v`` into the running
+    max ``m_i``, normaliser ``l_i`` and output ``acc``; returns the three updated."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
 @jit(do_not_specialize=["split_len", "num_splits"])
 def decode_kernel(
     Q, K_CACHE, V_CACHE, OUT, MID_O, MID_LSE,
@@ -64,12 +76,7 @@ def decode_kernel(
                               num_kv_heads, head_dim, offs_d, d_mask, PAGE_SIZE)
         s = tl.dot(q, tl.trans(k.to(q.dtype))) * sm_scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v.to(q.dtype), m_i, l_i, acc)
     if not SPLIT:
         out = acc / l_i[:, None]
         tl.store(OUT + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
@@ -152,12 +159,7 @@ def extend_kernel(
             # Every row sees key 0, so no row is all -inf and the softmax never divides by 0.
             seen = (offs_n[None, :] <= (prefix + offs_m)[:, None]) & n_mask[None, :]
             s = tl.where(seen, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(s, v.to(q.dtype), m_i, l_i, acc)
         out = acc / l_i[:, None]
         tl.store(OUT + toks[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
                  out.to(OUT.dtype.element_ty), mask=q_mask)
