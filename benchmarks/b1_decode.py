@@ -188,6 +188,10 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true")
     parser.add_argument("--no-eager", action="store_true")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler pass")
+    parser.add_argument("--graph-attention", default="auto",
+                        choices=["auto", "flashinfer", "triton"])
+    parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
+                        help="few-row linears through the Triton GEMV (kernels.ops.gemv)")
     args = parser.parse_args()
     from engine.llm import LLM
 
@@ -201,7 +205,9 @@ def main() -> None:
     max_batch = max(args.batches)
     pages = max_batch * -(-(PROMPT_LEN + NEW_TOKENS) // 16) + 64
     engine_args = dict(dtype="bfloat16", load_format="dummy", num_pages=pages,
-                       max_num_seqs=max_batch, max_model_len=1024)
+                       max_num_seqs=max_batch, max_model_len=1024,
+                       graph_attention=args.graph_attention, gemv=args.gemv)
+    print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv}", flush=True)
     t0 = time.perf_counter()
     try:
         llm = LLM(path, **engine_args)
@@ -275,6 +281,7 @@ def main() -> None:
     for name, b in baselines.items():
         print(f"baseline {name}: {b['tok_s']:.1f} tok/s")
     print(json.dumps(dict(benchmark="b1_decode", device=device, commit=commit(), graphs=graphs,
+                          graph_attention=args.graph_attention, gemv=args.gemv,
                           copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines,
                           overlap=True, profiles=profiles)))
 

@@ -208,11 +208,15 @@ def run_config(args: argparse.Namespace) -> dict:
     llm = LLM(model_dir(args.arch, args.tokenizer_dir), tensor_parallel_size=tp,
               dtype="bfloat16", load_format="dummy", num_pages=pages, max_num_seqs=max_batch,
               max_model_len=1024, attention_backend=args.attention_backend,
-              enforce_eager=args.enforce_eager)
+              enforce_eager=args.enforce_eager, graph_attention=args.graph_attention,
+              gemv=args.gemv, tp_one_shot_all_reduce=not args.nccl_only)
     runner = llm.engine.runner
     graphs = runner.graphs is not None
     print(f"tp {tp}: engine up in {time.perf_counter() - t0:.1f} s (graphs: {graphs})",
           flush=True)
+    one_shot = runner.tp is not None and runner.tp.group.one_shot_enabled
+    all_reduce_path = "one-shot" if one_shot else "nccl"
+    print(f"tp {tp}: engine all-reduce {all_reduce_path}", flush=True)
     run_batch(llm, 1, rng)  # warm-up
     rows = []
     for batch in args.batches:
@@ -226,7 +230,9 @@ def run_config(args: argparse.Namespace) -> dict:
                          allreduce_pct_of_step=100 * ar_ms / (step_s * 1e3),
                          symm_mem_allreduce_ms=ar.get(batch, {}).get("symm_mem_one_shot"),
                          bytes_per_step_all_ranks=tp * step_bytes(runner, batch),
-                         graphs=graphs, copy_bw_tbs=bw / 1e12))
+                         graphs=graphs, copy_bw_tbs=bw / 1e12,
+                         engine_all_reduce=all_reduce_path,
+                         graph_attention=args.graph_attention, gemv=args.gemv))
         print(f"tp {tp} batch {batch}: {batch / step_s:.1f} tok/s "
               f"({rows[-1]['pct_roofline']:.1f}% of {batch / roof_step_s:.1f})", flush=True)
     # The result first: a tear-down that hangs must not lose the numbers.
@@ -243,8 +249,11 @@ def run_child(args: argparse.Namespace, tp: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--arch", args.arch,
            "--tp-size", str(tp), "--batches", *map(str, args.batches), "--tokenizer-dir",
            args.tokenizer_dir, "--attention-backend", args.attention_backend]
-    if args.enforce_eager:
-        cmd.append("--enforce-eager")
+    cmd += ["--graph-attention", args.graph_attention]
+    cmd.append("--gemv" if args.gemv else "--no-gemv")
+    for flag in ("enforce_eager", "nccl_only"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     timed_out = threading.Event()
@@ -284,9 +293,16 @@ def main() -> None:
     parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen3-32b")
     parser.add_argument("--tp", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--attention-backend", default="flashinfer",
-                        help="decode CUDA graphs need flashinfer; triton runs eagerly")
+    parser.add_argument("--attention-backend", default="auto",
+                        help="eager attention (auto: triton); the decode graphs take "
+                             "--graph-attention")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--graph-attention", default="auto",
+                        choices=["auto", "flashinfer", "triton"])
+    parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
+                        help="EngineConfig.gemv")
+    parser.add_argument("--nccl-only", action="store_true",
+                        help="engine all-reduces through NCCL only (no one-shot)")
     parser.add_argument("--timeout-s", type=float, default=480.0, help="per configuration")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip compiling FlashInfer's kernels before the ranks start")

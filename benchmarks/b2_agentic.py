@@ -286,6 +286,8 @@ def main() -> int:
             if not server.alive:
                 level["errors"].append(f"server died:\n{server.log_tail(1500)}")
                 level["status"] = "failed"
+            elif level["errors"]:  # the engine's traceback is in the server's log
+                level["errors"].append(f"server log:\n{server.log_tail(3000)}")
             report["levels"].append(level)
             print_level(level)
             write_json()

@@ -53,6 +53,11 @@ class EngineConfig:
     host_tier_gb: float = 2.0  # host memory for demoted session KV
     attention_backend: str = "auto"
     enforce_eager: bool = False  # True: no decode CUDA graphs (engine.cuda_graphs)
+    # Attention inside the decode graphs (engine.graph_attention): flashinfer | triton; auto:
+    # triton where Triton is installed (faster at every measured shape), else flashinfer.
+    graph_attention: str = "auto"
+    # One- and two-row linears through the Triton GEMV where it beats cuBLAS (kernels.ops.gemv).
+    gemv: bool = True
     # Overlap scheduling (EngineCore): prepare step N+1 while N runs. None: on with CUDA.
     overlap_schedule: bool | None = None
     seed: int = 0
@@ -61,6 +66,8 @@ class EngineConfig:
     speculative_draft_layers: int = 0  # self drafter: target layers it runs; 0: half of them
     # Ranks (one process and device each) one model is sharded over (engine.parallel).
     tensor_parallel_size: int = 1
+    # Decode-sized all-reduces through symmetric memory's one-shot kernel (else NCCL).
+    tp_one_shot_all_reduce: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -90,6 +97,9 @@ class EngineConfig:
             raise ValueError("speculative_draft_layers must be >= 0 (0: half the model's)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.graph_attention not in ("auto", "flashinfer", "triton"):
+            raise ValueError("graph_attention must be one of auto, flashinfer, triton, got "
+                             f"{self.graph_attention!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.tensor_parallel_size > 1 and self.speculative_drafter == "self":

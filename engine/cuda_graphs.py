@@ -10,8 +10,9 @@ padding that attend to one token of the scratch page 0 and write their KV there 
 never hands out page 0), so they never touch a live sequence. Prefill, mixed and oversized
 batches run eagerly.
 
-Inputs reach the device in two pinned host->device copies per step (int64 ids/positions/slots,
-int32 page indices) plus FlashInfer's plan copies (pinned, asynchronous); nothing here waits
+Inputs reach the device in two pinned host->device copies per step (int64 ids, positions,
+slots and the paged CSR offsets; int32 page indices), plus FlashInfer's plan copies (pinned,
+asynchronous) when the graphs use FlashInfer (``engine.graph_attention``); nothing here waits
 on the device. ``pad_decode_batch`` is pure Python so the padding rules are tested on CPU.
 """
 
@@ -22,9 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention import AttentionBackend, AttentionBatch
+from engine.graph_attention import (
+    GRAPH_ATTENTION_KINDS,
+    FlashInferGraphAttention,
+    GraphAttention,
+    TritonGraphAttention,
+    triton_graph_splits,
+)
 from kernels.kv_cache import KVCache
-from kernels.ops.kv_store import kv_store_triton
 
 logger = logging.getLogger(__name__)
 
@@ -108,74 +114,31 @@ def pad_decode_batch(
     )
 
 
-class _GraphAttention(AttentionBackend):
-    """FlashInfer decode over fixed buffers for one bucket: the attention a graph captures."""
-
-    def __init__(self, kv_cache: KVCache, num_q_heads: int, scale: float, bucket: int,
-                 max_pages: int, workspace: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        super().__init__(kv_cache, num_q_heads, scale)
-        import flashinfer
-
-        device = kv_cache.device
-        self.indices_gpu = torch.zeros(max_pages, dtype=torch.int32, device=device)
-        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            workspace, kv_layout="NHD", use_cuda_graph=True,
-            paged_kv_indptr_buffer=torch.zeros(bucket + 1, dtype=torch.int32, device=device),
-            paged_kv_indices_buffer=self.indices_gpu,
-            paged_kv_last_page_len_buffer=torch.zeros(bucket, dtype=torch.int32, device=device),
-        )
-        self.slot_mapping = slot_mapping  # (bucket,) int64, persistent
-
-    def plan(self, batch: AttentionBatch) -> None:
-        """Plan an all-decode batch eagerly (outside a captured graph), padded to the bucket."""
-        assert all(q == 1 for q in batch.q_lens), "graph attention serves decode rows only"
-        bucket = self.slot_mapping.numel()
-        indptr, indices, last = padded_kv_layout(bucket, batch.kv_lens, batch.page_table,
-                                                 self.kv_cache.page_size)
-        n = batch.num_seqs
-        self.slot_mapping[:n].copy_(batch.slot_mapping)
-        self.slot_mapping[n:].fill_(SCRATCH_PAGE * self.kv_cache.page_size)
-        self.indices_gpu[: len(indices)].copy_(torch.tensor(indices, dtype=torch.int32))
-        self.plan_decode(torch.tensor(indptr, dtype=torch.int32),
-                         self.indices_gpu[: len(indices)],
-                         torch.tensor(last, dtype=torch.int32))
-
-    def plan_decode(self, indptr: torch.Tensor, indices_gpu: torch.Tensor,
-                    last_page_len: torch.Tensor) -> None:
-        """indptr/last_page_len: pinned host int32; indices_gpu: device int32 (no sync)."""
-        cache = self.kv_cache
-        self.wrapper.plan(
-            indptr, indices_gpu, last_page_len, self.num_q_heads, cache.num_kv_heads,
-            cache.head_dim, cache.page_size, sm_scale=self.scale, q_data_type=cache.dtype,
-            kv_data_type=cache.dtype, non_blocking=True,
-        )
-
-    def forward(self, layer_id: int, q: torch.Tensor, k: torch.Tensor,
-                v: torch.Tensor) -> torch.Tensor:
-        cache = self.kv_cache
-        k_cache, v_cache = cache.k_pages[layer_id], cache.v_pages[layer_id]
-        kv_store_triton(k_cache, v_cache, self.slot_mapping, k, v)
-        q = q if q.is_contiguous() else q.contiguous()
-        return self.wrapper.run(q, (k_cache, v_cache))
-
-
 class _Bucket:
     """Persistent buffers, attention and captured graph of one batch size."""
 
     def __init__(self, runner: CudaGraphRunner, size: int) -> None:
         self.size = size
         device = runner.kv_cache.device
-        # ids | positions | slots in one int64 buffer: one host->device copy fills all three.
-        self.inputs_gpu = torch.zeros(3 * size, dtype=torch.int64, device=device)
-        self.inputs_cpu = torch.zeros(3 * size, dtype=torch.int64, pin_memory=True)
+        # ids | positions | slots | kv_indptr | kv_last_page_len in one int64 buffer: one
+        # host->device copy fills all five.
+        self.inputs_gpu = torch.zeros(5 * size + 1, dtype=torch.int64, device=device)
+        self.inputs_cpu = torch.zeros(5 * size + 1, dtype=torch.int64, pin_memory=True)
         self.indices_cpu = torch.zeros(runner.max_pages, dtype=torch.int32, pin_memory=True)
         self.indptr_cpu = torch.zeros(size + 1, dtype=torch.int32, pin_memory=True)
         self.last_cpu = torch.zeros(size, dtype=torch.int32, pin_memory=True)
         self.staged_indices_gpu = torch.zeros(runner.max_pages, dtype=torch.int32, device=device)
-        self.attn = _GraphAttention(
-            runner.kv_cache, runner.num_q_heads, runner.scale, size, runner.max_pages,
-            runner.workspace, self.inputs_gpu[2 * size:],
-        )
+        slots = self.inputs_gpu[2 * size:3 * size]
+        common = (runner.kv_cache, runner.num_q_heads, runner.scale, slots)
+        if runner.attention == "triton":
+            self.attn: GraphAttention = TritonGraphAttention(
+                *common, self.staged_indices_gpu, self.inputs_gpu[3 * size:4 * size + 1],
+                self.inputs_gpu[4 * size + 1:],
+                triton_graph_splits(size, runner.kv_cache.num_kv_heads, runner.num_sms))
+        else:
+            self.attn = FlashInferGraphAttention(
+                *common, torch.zeros(runner.max_pages, dtype=torch.int32, device=device),
+                runner.workspace)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # (size, vocab) float32, written by the graph
         # Recorded after this bucket's staging copies and plan: the pinned buffers may be
@@ -190,15 +153,17 @@ class _Bucket:
         host = self.inputs_cpu
         host[:b] = torch.tensor(inputs.input_ids, dtype=torch.int64)
         host[b:2 * b] = torch.tensor(inputs.positions, dtype=torch.int64)
-        host[2 * b:] = torch.tensor(inputs.slot_mapping, dtype=torch.int64)
+        host[2 * b:3 * b] = torch.tensor(inputs.slot_mapping, dtype=torch.int64)
+        self.indptr_cpu.copy_(torch.tensor(inputs.kv_indptr, dtype=torch.int32))
+        self.last_cpu.copy_(torch.tensor(inputs.kv_last_page_len, dtype=torch.int32))
+        host[3 * b:4 * b + 1] = self.indptr_cpu
+        host[4 * b + 1:] = self.last_cpu
         self.inputs_gpu.copy_(host, non_blocking=True)
         num_indices = len(inputs.kv_indices)
         self.indices_cpu[:num_indices] = torch.tensor(inputs.kv_indices, dtype=torch.int32)
         indices_gpu = self.staged_indices_gpu[:num_indices]
         indices_gpu.copy_(self.indices_cpu[:num_indices], non_blocking=True)
-        self.indptr_cpu.copy_(torch.tensor(inputs.kv_indptr, dtype=torch.int32))
-        self.last_cpu.copy_(torch.tensor(inputs.kv_last_page_len, dtype=torch.int32))
-        self.attn.plan_decode(self.indptr_cpu, indices_gpu, self.last_cpu)
+        self.attn.plan_step(self.indptr_cpu, indices_gpu, self.last_cpu)
         self.staged.record()
 
     def forward(self, model: torch.nn.Module) -> torch.Tensor:
@@ -211,12 +176,16 @@ class _Bucket:
 class CudaGraphRunner:
     """Captures and replays decode graphs of ``model`` for the bucket sizes up to a maximum.
 
-    Owns its buffers and graphs; shares the model, the KV cache and a FlashInfer workspace
-    with nothing else running concurrently (the engine runs one step at a time).
+    Owns its buffers and graphs (and a FlashInfer workspace when FlashInfer attends); shares
+    the model and the KV cache with nothing else running concurrently (one step at a time).
     """
 
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, num_q_heads: int,
-                 scale: float, max_batch_size: int, max_model_len: int) -> None:
+                 scale: float, max_batch_size: int, max_model_len: int,
+                 attention: str = "triton") -> None:
+        assert attention in GRAPH_ATTENTION_KINDS, f"unknown graph attention {attention!r}"
+        self.attention = attention
+        self.num_sms = torch.cuda.get_device_properties(kv_cache.device).multi_processor_count
         self.model = model
         self.kv_cache = kv_cache
         self.num_q_heads = num_q_heads
@@ -225,7 +194,8 @@ class CudaGraphRunner:
         self.buckets = bucket_sizes(max_batch_size)
         pages_per_seq = -(-max_model_len // self.page_size)
         self.max_pages = max(self.buckets) * pages_per_seq
-        self.workspace = torch.zeros(128 << 20, dtype=torch.uint8, device=kv_cache.device)
+        self.workspace = (torch.zeros(128 << 20, dtype=torch.uint8, device=kv_cache.device)
+                          if attention == "flashinfer" else None)
         self._buckets: dict[int, _Bucket] = {}
 
     def can_run(self, num_seqs: int) -> bool:

@@ -27,7 +27,9 @@ from engine.sampler import SampledToken, Sampler, SampleRow, make_generator, nee
 from engine.scheduler import SchedulerOutput
 from engine.step_batch import StepBatch, build_step_batch
 from engine.tokenizer import load_tokenizer
+from kernels._triton import HAS_TRITON
 from kernels.attention import AttentionBatch, KVCache, create_backend
+from kernels.ops import set_gemv
 
 if TYPE_CHECKING:
     import xgrammar
@@ -106,6 +108,13 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self._grammar_compiler: GrammarCompiler | None = None  # built by the first grammar
+        set_gemv(config.gemv)  # read at each call, so captured (or not) into the graphs
+        if (self.tp is not None and self.device.type == "cuda"
+                and config.tp_one_shot_all_reduce):  # before any graph capture
+            rows = self._max_graph_rows()
+            one_shot = self.tp.group.enable_one_shot(rows * self.model.hidden_size, self.dtype)
+            logger.info("tensor-parallel all-reduce of <= %d rows: %s", rows,
+                        "one-shot (symmetric memory)" if one_shot else "NCCL")
         self.graphs = self._capture_graphs()
         logger.info(
             "model %s on %s (%s): %d KV pages of %d tokens, context %d",
@@ -119,8 +128,13 @@ class ModelRunner:
         return 2 * m.num_layers * m.num_kv_heads * m.head_dim * itemsize
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel ranks this runner leads; idempotent, a no-op without."""
+        """Leave the tensor-parallel group (rank 0: stop the other ranks first); idempotent, a
+        no-op without one. The decode graphs, which captured the group's collectives, are
+        dropped first: tearing a communicator down under live graphs can block."""
         if self.tp is not None:
+            self.graphs = None
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             self.tp.close()
 
     def _auto_num_pages(self) -> int:
@@ -342,23 +356,32 @@ class ModelRunner:
 
     # ------------------------------------------------------------ fast path
     def _capture_graphs(self) -> CudaGraphRunner | None:
-        """Decode CUDA graphs when on CUDA with FlashInfer attention, unless ``enforce_eager``."""
-        from kernels.attention.flashinfer_backend import FlashInferAttention
-
-        if (self.config.enforce_eager or self.device.type != "cuda"
-                or not isinstance(self.attn, FlashInferAttention)):
+        """Decode CUDA graphs when on CUDA with FlashInfer or Triton attention, unless
+        ``enforce_eager``; their attention is ``graph_attention`` (auto: Triton if installed)."""
+        config = self.config
+        if (config.enforce_eager or self.device.type != "cuda"
+                or self.attn.name not in ("flashinfer", "triton")):
             return None
+        attention = config.graph_attention
+        if attention == "auto":
+            attention = "triton" if HAS_TRITON else self.attn.name
+        max_rows = self._max_graph_rows()
+        graphs = CudaGraphRunner(self.model, self.kv_cache, self.model.num_heads,
+                                 self.model.head_dim**-0.5, max_rows, self.max_model_len,
+                                 attention)
+        graphs.capture()
+        return graphs
+
+    def _max_graph_rows(self) -> int:
+        """Rows of the largest decode graph: a batch, or a verify step's one row per token."""
         config = self.config
         max_rows = config.max_num_seqs
-        if config.speculative_drafter != "none":  # verify steps: one row per token
+        if config.speculative_drafter != "none":
             from engine.spec.manager import MAX_BATCH
 
             max_rows = max(max_rows, min(max_rows, MAX_BATCH)
                            * (config.num_speculative_tokens + 1))
-        graphs = CudaGraphRunner(self.model, self.kv_cache, self.model.num_heads,
-                                 self.model.head_dim**-0.5, max_rows, self.max_model_len)
-        graphs.capture()
-        return graphs
+        return max_rows
 
     def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
         """int64 device tensors of ``lists`` through one pinned host->device copy (no sync)."""

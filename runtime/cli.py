@@ -18,8 +18,10 @@ _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pa
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
                  "seed", "speculative_drafter", "num_speculative_tokens",
                  "speculative_draft_layers", "kv_cache_memory_gb", "gpu_memory_utilization",
-                 "pin_budget_fraction", "host_tier_gb", "tensor_parallel_size")
-_CHOICES = {"speculative_drafter": DRAFTERS}
+                 "pin_budget_fraction", "host_tier_gb", "tensor_parallel_size",
+                 "graph_attention", "gemv", "tp_one_shot_all_reduce")
+_CHOICES = {"speculative_drafter": DRAFTERS,
+            "graph_attention": ("auto", "flashinfer", "triton")}
 _ALIASES = {"tensor_parallel_size": ("--tp",)}
 
 
@@ -28,6 +30,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     defaults = {f.name: f for f in dataclasses.fields(EngineConfig)}
     for name in _ENGINE_FLAGS:
         default = defaults[name].default
+        if isinstance(default, bool):  # --gemv / --no-gemv
+            parser.add_argument(f"--{name.replace('_', '-')}", default=default,
+                                action=argparse.BooleanOptionalAction)
+            continue
         # Numbers take their field's type; None-defaulted counts are ints; the rest strings.
         kind = type(default) if isinstance(default, int | float) else str
         if name in ("num_pages", "max_model_len"):

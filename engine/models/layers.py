@@ -32,6 +32,19 @@ def use_fused(x: torch.Tensor) -> bool:
     return _FUSED_OPS and x.is_cuda
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose few-row half-precision CUDA calls may take the Triton GEMV
+    (``kernels.ops.gemv.linear``, off unless ``set_gemv(True)``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``forward(silu(gate) * up)`` of a ``[gate | up]`` CUDA tensor, fused into the GEMV
+        where it runs."""
+        return ops.linear(gate_up, self.weight, self.bias, silu_mul=True)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32, optionally fused with the residual add (the vLLM way).
 
@@ -158,10 +171,11 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = intermediate_size
         # Rows [0, intermediate) are gate_proj, [intermediate, 2 * intermediate) up_proj.
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (num_tokens, hidden) -> same
         gate_up = self.gate_up_proj(x)
-        act = ops.silu_mul(gate_up) if use_fused(gate_up) else silu_and_mul(gate_up)
-        return self.down_proj(act)
+        if use_fused(gate_up):
+            return self.down_proj.forward_silu_mul(gate_up)
+        return self.down_proj(silu_and_mul(gate_up))

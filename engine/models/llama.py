@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.default_model import eos_token_ids
-from engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, rope_parameters, use_fused
+from engine.models.layers import (
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    rope_parameters,
+    use_fused,
+)
 from kernels import ops
 from kernels.attention import AttentionBackend
 
@@ -42,10 +49,10 @@ class Attention(nn.Module):
         # Qwen2 configs carry no ``attention_bias`` flag, yet their q/k/v always have a bias.
         bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
         # Rows: [q | k | v]; the loader fills them at offsets 0, q_size, q_size + kv_size.
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias, dtype=dtype
         )
-        self.o_proj = nn.Linear(
+        self.o_proj = Linear(
             self.q_size, config.hidden_size,
             bias=bool(getattr(config, "attention_bias", False)), dtype=dtype,
         )

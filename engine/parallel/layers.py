@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.parallel.group import TPGroup
+from kernels import ops
 
 
 class RowParallelLinear(nn.Linear):
@@ -25,9 +26,13 @@ class RowParallelLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
         self.group = group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, in_local) -> (n, out)
-        out = self.group.all_reduce(F.linear(x, self.weight))
+    def forward(self, x: torch.Tensor, silu_mul: bool = False) -> torch.Tensor:
+        """(n, in_local) -> (n, out); ``silu_mul``: x is (n, 2 * in_local) ``[gate | up]``."""
+        out = self.group.all_reduce(ops.linear(x, self.weight, silu_mul=silu_mul))
         return out if self.bias is None else out + self.bias
+
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self.forward(gate_up, silu_mul=True)
 
 
 class VocabParallelEmbedding(nn.Module):

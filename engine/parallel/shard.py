@@ -28,7 +28,7 @@ from engine.parallel.plan import ShardPlan
 
 def _column(old: nn.Linear, out_features: int) -> nn.Linear:
     w = old.weight
-    return nn.Linear(old.in_features, out_features, bias=old.bias is not None, dtype=w.dtype,
+    return type(old)(old.in_features, out_features, bias=old.bias is not None, dtype=w.dtype,
                      device=w.device)
 
 

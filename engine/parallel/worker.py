@@ -46,7 +46,7 @@ def run_worker(config: EngineConfig) -> int:
             tp.close(abort=True)
             return 1
         if isinstance(message, StopWorker):
-            tp.close()
+            runner.shutdown()
             return 0
         try:
             if isinstance(message, RunSessionOps):

@@ -23,13 +23,15 @@ def create_backend(
 ) -> AttentionBackend:
     """Build the backend registered as ``name``.
 
-    "auto" picks the fastest one that runs on the cache's device: FlashInfer on CUDA when the
-    package is installed, else Triton on CUDA, else the torch reference.
+    "auto" picks Triton on CUDA (FlashInfer there when Triton is missing), else the torch
+    reference. Triton leads because its decode is faster at every shape measured
+    (docs/benchmarks.md) and because FlashInfer's paged prefill failed on 30K-token agent prompts
+    in B2 (an illegal memory access, not yet isolated) where Triton's extend kernel ran them.
     """
     if name == "auto":
         name = "torch"
         if kv_cache.device.type == "cuda":
-            for candidate in ("flashinfer", "triton"):
+            for candidate in ("triton", "flashinfer"):
                 if _backend_class(candidate).available():
                     name = candidate
                     break

@@ -124,6 +124,7 @@ class TritonAttention(AttentionBackend):
             tk.decode_kernel[(self._num_decode, num_kv_heads, splits)](
                 q, k_cache, v_cache, out, mid_o, mid_lse, self._decode_ids, *common,
                 self.num_q_heads, num_kv_heads, head_dim, self.group, self._split_len, splits,
+                self._kv_lens, self._kv_lens,  # unread: CSR is off
                 PAGE_SIZE=cache.page_size, SPLIT=splits > 1,
                 BLOCK_H=self.block_h, BLOCK_N=self.decode_block_n, BLOCK_D=self.block_d,
                 num_warps=self.num_warps, num_stages=self.num_stages,

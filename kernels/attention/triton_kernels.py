@@ -4,7 +4,13 @@ All three read the same per-batch index tensors (int32, built once by ``TritonAt
 ``cu_q_lens`` (num_seqs + 1,), ``kv_lens`` (num_seqs,), a zero-padded ``page_table``
 (num_seqs, max_pages) and a list of sequence ids each kernel serves. Keys of sequence ``s`` at
 position ``j`` live in cache row ``page_table[s, j // PAGE_SIZE] * PAGE_SIZE + j % PAGE_SIZE``
-of the ``(num_slots, num_kv_heads, head_dim)`` view of a layer's cache. Scores are kept in base 2
+of the ``(num_slots, num_kv_heads, head_dim)`` view of a layer's cache.
+
+With ``CSR`` set, decode and merge instead read the paged CSR layout the decode CUDA graphs
+keep on the device (``kv_indptr`` (rows + 1,), flat ``kv_indices``, ``kv_last_page_len``
+(rows,), any integer dtype; row ``r`` is token ``r``), and with ``DYN_SPLIT`` each row cuts
+its own context into ``num_splits`` equal splits: nothing about the step is baked into the
+launch, so a captured graph serves any context lengths. Scores are kept in base 2
 (``sm_scale_log2 = scale * log2(e)``) so the softmax uses ``exp2``.
 """
 
@@ -39,22 +45,46 @@ def _online_softmax_step(s, v, m_i, l_i, acc):
     return m_new, l_i, acc
 
 
+@jit
+def _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row, stride_pt,
+                PAGE_SIZE: tl.constexpr, CSR: tl.constexpr):
+    """(token index, context length, offset of the row's first page id) of decode row ``row``."""
+    if CSR:
+        page_row = tl.load(KV_INDPTR + row).to(tl.int64)
+        num_pages = tl.load(KV_INDPTR + row + 1).to(tl.int64) - page_row
+        kv_len = (num_pages - 1) * PAGE_SIZE + tl.load(KV_LAST + row).to(tl.int64)
+        tok = row.to(tl.int64)
+    else:
+        seq = tl.load(SEQ_IDS + row)
+        tok = tl.load(CU_Q_LENS + seq).to(tl.int64)
+        kv_len = tl.load(KV_LENS + seq).to(tl.int64)
+        page_row = seq.to(tl.int64) * stride_pt
+    return tok, kv_len, page_row
+
+
 @jit(do_not_specialize=["split_len", "num_splits"])
 def decode_kernel(
     Q, K_CACHE, V_CACHE, OUT, MID_O, MID_LSE,
     SEQ_IDS, CU_Q_LENS, KV_LENS, PAGE_TABLE,
     sm_scale_log2, stride_qt, stride_qh, stride_ot, stride_oh, stride_pt,
     num_q_heads, num_kv_heads, head_dim, group, split_len, num_splits,
+    KV_INDPTR, KV_LAST,
     PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False,
 ):
-    """One program: one decode row x one KV head (all its ``group`` query heads) x one split."""
+    """One program: one decode row x one KV head (all its ``group`` query heads) x one split.
+
+    ``CSR``: pages from ``KV_INDPTR``/``PAGE_TABLE`` (flat indices)/``KV_LAST`` instead of the
+    padded table; ``DYN_SPLIT``: ``split_len`` is ``kv_len / num_splits`` (rounded up to
+    ``BLOCK_N``) for each row, so splits past a short context are empty."""
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq = tl.load(SEQ_IDS + row)
-    tok = tl.load(CU_Q_LENS + seq).to(tl.int64)
-    kv_len = tl.load(KV_LENS + seq)
+    tok, kv_len, page_row = _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row,
+                                        stride_pt, PAGE_SIZE, CSR)
+    if DYN_SPLIT:
+        split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
     offs_h = tl.arange(0, BLOCK_H)
     h_mask = offs_h < group
     heads = kv_head * group + offs_h
@@ -63,7 +93,6 @@ def decode_kernel(
     q_mask = h_mask[:, None] & d_mask[None, :]
     q = tl.load(Q + tok * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask,
                 other=0.0)
-    page_row = seq.to(tl.int64) * stride_pt
     start = split * split_len
     end = tl.minimum(kv_len, start + split_len)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -95,12 +124,16 @@ def decode_kernel(
 def merge_kernel(
     OUT, MID_O, MID_LSE, SEQ_IDS, CU_Q_LENS,
     stride_ot, stride_oh, num_q_heads, head_dim, num_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CSR: tl.constexpr = False,
 ):
-    """Combine the per-split partial outputs of one decode row x one query head."""
+    """Combine the per-split partial outputs of one decode row x one query head (``CSR``: row
+    ``r`` is token ``r``)."""
     row = tl.program_id(0)
     head = tl.program_id(1)
-    tok = tl.load(CU_Q_LENS + tl.load(SEQ_IDS + row)).to(tl.int64)
+    if CSR:
+        tok = row.to(tl.int64)
+    else:
+        tok = tl.load(CU_Q_LENS + tl.load(SEQ_IDS + row)).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     s_mask = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)

@@ -1,4 +1,5 @@
-"""The CUDA fast path (FlashInfer + fused ops + decode CUDA graphs) against the torch reference.
+"""The CUDA fast path (Triton or FlashInfer attention, fused ops, GEMV, decode CUDA graphs)
+against the torch reference.
 
 Three paths run the same random weights on the GPU: the fast path in bf16 as the engine runs
 it, the torch reference (torch attention backend, unfused layers) in bf16, and that reference in
@@ -77,22 +78,29 @@ def _check_greedy(ours: torch.Tensor, ref: torch.Tensor) -> int:
 class _Path:
     """One way of running the model: its own KV cache, attention and (optionally) graphs."""
 
-    def __init__(self, model, fast: bool) -> None:
+    def __init__(self, model, fast: bool, graph_attention: str = "flashinfer",
+                 gemv: bool = False) -> None:
         from engine.cuda_graphs import CudaGraphRunner
         from kernels.attention import KVCache, create_backend
+        from kernels.ops import set_gemv
 
-        self.model, self.fast = model, fast
+        self.model, self.fast, self.gemv = model, fast, gemv
         dtype = next(model.parameters()).dtype
         self.cache = KVCache(model.num_layers, NUM_PAGES, PAGE_SIZE, model.num_kv_heads,
                              model.head_dim, dtype, "cuda")
         scale = model.head_dim**-0.5
-        self.attn = create_backend("flashinfer" if fast else "torch", self.cache,
+        self.attn = create_backend(graph_attention if fast else "torch", self.cache,
                                    model.num_heads, scale)
         self.graphs = None
         if fast:
             self.graphs = CudaGraphRunner(model, self.cache, model.num_heads, scale,
-                                          max_batch_size=4, max_model_len=512)
-            self.graphs.capture()
+                                          max_batch_size=4, max_model_len=512,
+                                          attention=graph_attention)
+            previous = set_gemv(gemv)  # captured into the graphs
+            try:
+                self.graphs.capture()
+            finally:
+                set_gemv(previous)
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], pages: list[list[int]]) -> torch.Tensor:
@@ -135,14 +143,19 @@ class _Path:
             set_fused_ops(previous)
 
 
+@pytest.mark.parametrize("variant", ["flashinfer", "triton+gemv"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fast_path_matches_torch_reference(name: str) -> None:
+def test_fast_path_matches_torch_reference(name: str, variant: str) -> None:
+    """``variant``: the attention (eager and in the decode graphs), and whether few-row linears
+    take the GEMV."""
     torch.manual_seed(0)
     rng = random.Random(0)
     model = _model(name)
     oracle_model = copy.deepcopy(model).float()  # the same bf16 weights, float32 arithmetic
     vocab = model.vocab_size
-    paths = {"ref": _Path(model, fast=False), "fast": _Path(model, fast=True),
+    fast = _Path(model, fast=True, graph_attention=variant.split("+")[0],
+                 gemv=variant.endswith("+gemv"))
+    paths = {"ref": _Path(model, fast=False), "fast": fast,
              "oracle": _Path(oracle_model, fast=False)}
     prompts = [[rng.randrange(vocab) for _ in range(n)] for n in (5, 37, 20)]
     free = list(range(1, NUM_PAGES))  # page 0 is the graphs' scratch page
@@ -197,9 +210,10 @@ def _tiny_model_dir(tmp_path) -> str:
     return path
 
 
-def test_llm_graphs_match_eager(tmp_path) -> None:
+@pytest.mark.parametrize("attention", ["triton", "flashinfer"])
+def test_llm_graphs_match_eager(tmp_path, attention: str) -> None:
     """The engine end to end: output with decode graphs, and with overlap scheduling, equals
-    the eager fast path token for token."""
+    the eager fast path token for token (``attention``: eager backend and graph attention)."""
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
 
@@ -214,7 +228,8 @@ def test_llm_graphs_match_eager(tmp_path) -> None:
     # (no graphs, plain loop), (graphs, plain loop), (graphs, overlap scheduling: the default)
     for eager, overlap in ((True, False), (False, False), (False, True)):
         llm = LLM(path, dtype="bfloat16", load_format="dummy", num_pages=64, max_num_seqs=4,
-                  enforce_eager=eager, overlap_schedule=overlap)
+                  enforce_eager=eager, overlap_schedule=overlap, attention_backend=attention,
+                  graph_attention=attention)
         assert (llm.engine.runner.graphs is None) == eager
         outs[eager, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
         llm.engine.scheduler.check_integrity()

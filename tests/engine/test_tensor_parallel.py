@@ -192,6 +192,8 @@ def test_tp2_bf16_on_two_gpus_is_as_close_to_the_oracle_as_one_gpu(gpu_model_pat
         one_tokens = llm.generate(prompt, GREEDY)[0].token_ids
     with LLM(gpu_model_path, tensor_parallel_size=2, **gpu) as llm:
         assert llm.engine.runner.graphs is not None, "decode graphs (with NCCL) not captured"
+        # Decode all-reduces take symmetric memory's one-shot kernel (prefill's stay on NCCL).
+        assert llm.engine.runner.tp.group.one_shot_enabled
         tp = _logits(llm, prompt, 11)
         tp_tokens = llm.generate(prompt, GREEDY)[0].token_ids
     with LLM(gpu_model_path, tensor_parallel_size=2, overlap_schedule=False, **gpu) as llm:

@@ -41,7 +41,8 @@ def make_case(
     dev_gen = torch.Generator(device=device).manual_seed(seed)
     page_counts = [-(-kv // page_size) + (i % 2) for i, kv in enumerate(kv_lens)]  # some spare
     num_pages = sum(page_counts) + 3
-    order = torch.randperm(num_pages, generator=gen).tolist()
+    # Page 0 stays free: the decode graphs' padding rows use it as their scratch page.
+    order = (torch.randperm(num_pages - 1, generator=gen) + 1).tolist()
     page_table, cursor = [], 0
     for count in page_counts:
         page_table.append(order[cursor : cursor + count])
@@ -100,3 +101,51 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert torch.isfinite(out).all(), "non-finite output"
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm()).item()
+
+
+def run_graph_attention(kind: str, case: AttentionCase, bucket: int,
+                        num_splits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decode batch through the attention a decode CUDA graph captures (``kind``: triton or
+    flashinfer), padded to ``bucket`` rows on the scratch page, run eagerly; returns (output of
+    the real rows, float32 torch-reference output)."""
+    from engine.cuda_graphs import padded_kv_layout
+    from engine.graph_attention import FlashInferGraphAttention, TritonGraphAttention
+
+    batch, cache, device = case.batch, case.cache, case.cache.device
+    assert all(q_len == 1 for q_len in batch.q_lens), "graph attention serves decode rows"
+    n = batch.num_seqs
+    ref_cache = float32_copy(cache)
+    ref = create_backend("torch", ref_cache, case.num_q_heads, case.scale)
+    ref.plan(batch)
+    expected = ref.forward(0, case.q.float(), case.k.float(), case.v.float())
+    indptr, indices, last = padded_kv_layout(bucket, batch.kv_lens, batch.page_table,
+                                             cache.page_size)
+    slots = torch.zeros(bucket, dtype=torch.int64, device=device)
+    slots[:n] = batch.slot_mapping
+    indices_gpu = torch.tensor(indices, dtype=torch.int32, device=device)
+    if kind == "triton":
+        attn = TritonGraphAttention(
+            cache, case.num_q_heads, case.scale, slots, indices_gpu,
+            torch.tensor(indptr, device=device), torch.tensor(last, device=device), num_splits,
+            block_n=16 if device.type == "cpu" else 32)
+    else:
+        buffer = torch.zeros(len(indices) + 8, dtype=torch.int32, device=device)
+        workspace = torch.zeros(128 << 20, dtype=torch.uint8, device=device)
+        attn = FlashInferGraphAttention(cache, case.num_q_heads, case.scale, slots, buffer,
+                                        workspace)
+        attn.plan_step(torch.tensor(indptr, dtype=torch.int32).pin_memory(), indices_gpu,
+                       torch.tensor(last, dtype=torch.int32).pin_memory())
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        extra = torch.randn((bucket - n, *x.shape[1:]), device=device).to(x.dtype)
+        return torch.cat([x, extra])
+
+    q, k, v = padded(case.q), padded(case.k), padded(case.v)
+    out = attn.forward(0, q, k, v)[:n]
+    # A second launch over the same buffers gives the same result (nothing left behind).
+    torch.testing.assert_close(attn.forward(0, q, k, v)[:n], out, rtol=0, atol=0)
+    # Every real row's new k/v went to its slot; padding rows wrote the scratch page only.
+    for got, want in ((cache.k_pages[0], ref_cache.k_pages[0]),
+                      (cache.v_pages[0], ref_cache.v_pages[0])):
+        torch.testing.assert_close(got[1:].float(), want[1:], rtol=0, atol=0)
+    return out, expected

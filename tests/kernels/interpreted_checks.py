@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from tests.kernels.attention_cases import make_case, rel_err, run_backend
+from tests.kernels.attention_cases import make_case, rel_err, run_backend, run_graph_attention
 
 CHECKS: dict[str, Callable[[], float]] = {}
 
@@ -93,6 +93,34 @@ def _kv_store() -> float:
     return max(rel_err(k_cache, k_ref), rel_err(v_cache, v_ref))
 
 
+def _gemv(rows: int, n: int, k: int, with_bias: bool, config: tuple[int, int, int]) -> float:
+    from kernels.ops.gemv import gemv_triton
+
+    torch.manual_seed(4)
+    x = torch.randn(rows, k + 8)[:, :k]  # strided rows
+    w = torch.randn(n, k)
+    b = torch.randn(n) if with_bias else None
+    return rel_err(gemv_triton(x, w, b, config=config), torch.nn.functional.linear(x, w, b))
+
+
+@check("gemv_silu_mul")
+def _gemv_silu_mul() -> float:
+    from kernels.ops.gemv import gemv_triton
+    from kernels.ops.silu_mul import silu_mul_ref
+
+    torch.manual_seed(5)
+    gate_up = torch.randn(2, 2 * 72)
+    w = torch.randn(37, 72)
+    out = gemv_triton(gate_up, w, config=(8, 32, 1), silu_mul=True)
+    return rel_err(out, torch.nn.functional.linear(silu_mul_ref(gate_up), w))
+
+
+# N and K off the block sizes (masked loads), then the unmasked path.
+check("gemv_1row")(lambda: _gemv(1, 37, 72, False, (8, 32, 1)))
+check("gemv_3rows_bias")(lambda: _gemv(3, 37, 72, True, (4, 64, 1)))
+check("gemv_even")(lambda: _gemv(4, 40, 128, False, (8, 64, 1)))
+
+
 ATTENTION_BATCHES = {  # name: (q_lens, kv_lens)
     "decode": ([1, 1, 1], [1, 9, 20]),
     "decode_split": ([1, 1], [70, 5]),  # longer than the interpreter's 32-token KV split
@@ -115,6 +143,22 @@ for _name, (_q_lens, _kv_lens) in ATTENTION_BATCHES.items():
             check(f"attention_{_name}_h{_heads[0]}x{_heads[1]}x{_heads[2]}_p{_page_size}")(
                 lambda a=_q_lens, b=_kv_lens, h=_heads, p=_page_size: _attention(a, b, h, p)
             )
+
+
+def _graph_attention(kv_lens: list[int], bucket: int, num_splits: int, page_size: int) -> float:
+    case = make_case([1] * len(kv_lens), kv_lens, page_size, 4, 2, 16, torch.float32, "cpu",
+                     seed=bucket + num_splits)
+    out, ref = run_graph_attention("triton", case, bucket, num_splits)
+    return rel_err(out, ref)
+
+
+# Decode in CSR mode with per-row splits, as the decode graphs run it: contexts shorter than
+# the splits (empty splits), padding rows, one split (no merge).
+for _kv_lens, _bucket, _splits in (([1, 37, 5], 4, 3), ([64], 2, 1), ([9, 50], 2, 8)):
+    for _page_size in (1, 4):
+        check(f"graph_attention_{len(_kv_lens)}rows_b{_bucket}_s{_splits}_p{_page_size}")(
+            lambda a=_kv_lens, b=_bucket, s=_splits, p=_page_size: _graph_attention(a, b, s, p)
+        )
 
 
 def main() -> None:

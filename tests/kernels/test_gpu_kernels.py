@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 import torch
 
-from tests.kernels.attention_cases import make_case, rel_err, run_backend
+from tests.kernels.attention_cases import make_case, rel_err, run_backend, run_graph_attention
 
 pytestmark = pytest.mark.gpu
 
@@ -139,10 +139,55 @@ def test_flashinfer_attention(mode, batch_size, context, page_size, heads, head_
     _check_attention("flashinfer", mode, batch_size, context, page_size, heads, head_dim)
 
 
-def test_auto_backend_prefers_flashinfer() -> None:
+@pytest.mark.parametrize("kind", ["triton", "flashinfer"])
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}x{h[1]}")
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_graph_attention(kind, batch_size, context, page_size, heads, head_dim) -> None:
+    """The decode graphs' attention, padded to the next bucket, with the split count the
+    graphs would use for it (and a fixed 8 for Triton: short contexts leave splits empty)."""
+    from engine.graph_attention import triton_graph_splits
+
+    if kind == "flashinfer":
+        pytest.importorskip("flashinfer")
+    q_lens, kv_lens = batch_lens("decode", batch_size, context)
+    case = make_case(q_lens, kv_lens, page_size, heads[0], heads[1], head_dim, torch.bfloat16,
+                     DEVICE, seed=batch_size * 31 + context)
+    bucket = 1 << (batch_size - 1).bit_length()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    splits = triton_graph_splits(bucket, heads[1], sms) if context != 300 else 8
+    out, ref = run_graph_attention(kind, case, bucket, splits)
+    err = rel_err(out, ref)
+    assert err < TOL, f"{kind} graph attention: relative error {err:.3e}"
+
+
+@pytest.mark.parametrize("silu_mul", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 12288), (151936, 4096), (1000, 200)])
+def test_gemv(shape: tuple[int, int], rows: int, with_bias: bool, silu_mul: bool) -> None:
+    """The GEMV (and with ``silu_mul`` its fused ``silu(gate) * up`` input) against float32."""
+    from kernels.ops.gemv import gemv_config, gemv_triton
+    from kernels.ops.silu_mul import silu_mul_ref
+
+    n, k = shape
+    x = torch.randn(rows, 2 * k if silu_mul else k, device=DEVICE, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=DEVICE, dtype=torch.bfloat16) * 0.02
+    b = torch.randn(n, device=DEVICE, dtype=torch.bfloat16) if with_bias else None
+    act = silu_mul_ref(x.float()) if silu_mul else x.float()
+    ref = act @ w.float().t() + (b.float() if with_bias else 0)
+    out = gemv_triton(x, w, b, config=gemv_config(rows, n) or (8, 512, 4), silu_mul=silu_mul)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
+    err = rel_err(out, ref)
+    assert err < TOL, f"gemv {rows}x{k} @ {n}x{k}: relative error {err:.3e}"
+
+
+def test_auto_backend_prefers_triton() -> None:
     from kernels.attention import create_backend
     from kernels.kv_cache import KVCache
 
     cache = KVCache(1, 4, 16, 2, 64, torch.bfloat16, DEVICE)
-    expected = "flashinfer" if importlib.util.find_spec("flashinfer") else "triton"
+    expected = "triton" if importlib.util.find_spec("triton") else "flashinfer"
     assert create_backend("auto", cache, 4, 0.125).name == expected
