@@ -60,3 +60,19 @@ def test_ops_fall_back_to_torch_on_cpu() -> None:
     x, w = torch.randn(3, 8), torch.rand(8) + 0.5
     assert torch.equal(rmsnorm(x, w, 1e-6)[0], rmsnorm_ref(x, w, 1e-6)[0])
     assert torch.equal(silu_mul(x), silu_mul_ref(x))
+
+
+def test_linear_falls_back_to_torch_on_cpu() -> None:
+    """With the GEMV switched on, CPU linears (and the SiLU-fused down path) stay F.linear."""
+    from kernels.ops import linear, set_gemv, silu_mul_ref
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter forced for the whole session")
+    x, gate_up, w = torch.randn(1, 8), torch.randn(2, 16), torch.randn(5, 8)
+    previous = set_gemv(True)
+    try:
+        assert torch.equal(linear(x, w), torch.nn.functional.linear(x, w))
+        fused = linear(gate_up, w, silu_mul=True)
+        assert torch.equal(fused, torch.nn.functional.linear(silu_mul_ref(gate_up), w))
+    finally:
+        set_gemv(previous)
