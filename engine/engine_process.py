@@ -2,7 +2,9 @@
 
 The loop blocks on its input socket only when it has nothing to run, so a busy engine never waits
 on the API process. A request the engine refuses gets ``RequestFailed``; an exception inside a
-step fails the requests of that step and the loop goes on. The process exits when told to, or
+step fails the requests of that step and the loop goes on, unless it is a CUDA error that
+poisons the device (``is_device_fatal``): then the engine reports ``EngineDead`` and exits, and
+the server with it. The process exits when told to, or
 when its parent disappears (it never outlives the server). With tensor parallelism this process
 is rank 0: it stops its ranks on the way out, and a rank that dies ends it with ``EngineDead``
 naming that rank (no step can run without every rank).
@@ -15,6 +17,7 @@ import os
 import signal
 
 import msgspec
+import torch
 import zmq
 
 from engine.config import EngineConfig
@@ -78,6 +81,13 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         outbox.send(encoder.encode(EngineDead(str(exc))))
         outbox.close(linger=2000)
         return
+    except DeviceFailure as exc:  # the server exits (and can be restarted) rather than fail
+        logger.critical("%s", exc)  # every later request the same way
+        if runner.tp is not None:
+            runner.tp.close(abort=True)
+        outbox.send(encoder.encode(EngineDead(str(exc))))
+        outbox.close(linger=2000)
+        return
     runner.shutdown()
 
 
@@ -115,6 +125,21 @@ def _die(output_addr: str, tp: TensorParallel, why: str) -> None:
     ctx.term()
     tp.workers.kill()
     os._exit(1)
+
+
+class DeviceFailure(RuntimeError):
+    """A CUDA error that leaves the device context unusable: every later step would fail."""
+
+
+def is_device_fatal(exc: BaseException) -> bool:
+    """Sticky CUDA errors (an illegal address, a device-side assert, a failed cuBLAS launch)
+    poison the process's CUDA context; out-of-memory does not (only that step fails)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)
 
 
 class _Loop:
@@ -155,6 +180,9 @@ class _Loop:
                 self.core.abort(request.request_id)
                 self.send(RequestFailed(request.request_id, f"engine error: {exc}",
                                         server_error=True))
+            if is_device_fatal(exc):
+                raise DeviceFailure(f"the GPU reported an error the engine cannot recover "
+                                    f"from, so it stops: {exc}") from exc
             return
         self.send(StepOutputs(outputs, self.stats()))
 
