@@ -36,6 +36,7 @@ from engine.graph_attention import (  # noqa: E402
     TritonGraphAttention,
     triton_graph_splits,
 )
+from kernels.attention import AttentionBatch, create_backend  # noqa: E402
 from kernels.kv_cache import KVCache  # noqa: E402
 from kernels.ops.gemv import gemv_triton  # noqa: E402
 
@@ -129,18 +130,15 @@ def _attention_setup(batch: int, ctx: int):
     return cache, table, kv_lens, slots, (indptr, indices, last), q, k
 
 
-def _reference(cache: KVCache, table, kv_lens, q: torch.Tensor) -> torch.Tensor:
-    """float32 attention of layer 0 (after the store), one row at a time."""
-    outs = []
-    for i, (pages, kv_len) in enumerate(zip(table, kv_lens)):
-        idx = torch.tensor(pages, device="cuda")
-        keys = cache.k_pages[0][idx].reshape(-1, HKV, HEAD_DIM)[:kv_len].float()
-        vals = cache.v_pages[0][idx].reshape(-1, HKV, HEAD_DIM)[:kv_len].float()
-        keys = keys.repeat_interleave(HQ // HKV, dim=1)
-        vals = vals.repeat_interleave(HQ // HKV, dim=1)
-        scores = torch.einsum("hd,nhd->hn", q[i].float(), keys) * HEAD_DIM**-0.5
-        outs.append(torch.einsum("hn,nhd->hd", scores.softmax(-1), vals))
-    return torch.stack(outs)
+def _reference(cache: KVCache, table, kv_lens, slots: torch.Tensor, q: torch.Tensor,
+               k: torch.Tensor) -> torch.Tensor:
+    """The torch reference backend in float32 on a copy of layer 0 (storing the same k/v)."""
+    ref_cache = KVCache(1, cache.num_pages, PAGE, HKV, HEAD_DIM, torch.float32, "cuda")
+    ref_cache.k_pages[0].copy_(cache.k_pages[0])
+    ref_cache.v_pages[0].copy_(cache.v_pages[0])
+    ref = create_backend("torch", ref_cache, HQ, HEAD_DIM**-0.5)
+    ref.plan(AttentionBatch([1] * len(table), kv_lens, table, slots))
+    return ref.forward(0, q.float(), k.float(), k.float())
 
 
 def bench_attention(batch: int, ctx: int) -> dict:
@@ -170,7 +168,7 @@ def bench_attention(batch: int, ctx: int) -> dict:
         try:
             out = attn.forward(0, q, k, k)
             if ref is None:
-                ref = _reference(cache, table, kv_lens, q)
+                ref = _reference(cache, table, kv_lens, slots, q, k)
             err = rel_err(out, ref)
             assert err < 1e-2, f"relative error {err:.2e}"
             ms = graph_ms(lambda a=attn: [a.forward(i, q, k, k) for i in range(LAYERS)])

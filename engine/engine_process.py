@@ -75,14 +75,10 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     loop = _Loop(core, outbox, encoder)
     try:
         _serve(core, loop, inbox, outbox, decoder, parent)
-    except TensorParallelError as exc:  # a rank is gone: the engine cannot go on
+    except (TensorParallelError, DeviceFailure) as exc:
+        # A rank is gone, or the GPU is unusable: the engine cannot go on, and the server exits
+        # (to be restarted) rather than fail every later request the same way.
         logger.critical("%s", exc)
-        runner.tp.close(abort=True)
-        outbox.send(encoder.encode(EngineDead(str(exc))))
-        outbox.close(linger=2000)
-        return
-    except DeviceFailure as exc:  # the server exits (and can be restarted) rather than fail
-        logger.critical("%s", exc)  # every later request the same way
         if runner.tp is not None:
             runner.tp.close(abort=True)
         outbox.send(encoder.encode(EngineDead(str(exc))))

@@ -82,12 +82,17 @@ def float32_copy(cache: KVCache) -> KVCache:
     return ref
 
 
-def run_backend(name: str, case: AttentionCase) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output of backend ``name``, float32 torch-reference output); also checks the KV store."""
+def reference(case: AttentionCase) -> tuple[torch.Tensor, KVCache]:
+    """The float32 torch backend on a copy of the case: (output, its cache after the store)."""
     ref_cache = float32_copy(case.cache)
     ref = create_backend("torch", ref_cache, case.num_q_heads, case.scale)
     ref.plan(case.batch)
-    expected = ref.forward(0, case.q.float(), case.k.float(), case.v.float())
+    return ref.forward(0, case.q.float(), case.k.float(), case.v.float()), ref_cache
+
+
+def run_backend(name: str, case: AttentionCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output of backend ``name``, float32 torch-reference output); also checks the KV store."""
+    expected, ref_cache = reference(case)
     backend = create_backend(name, case.cache, case.num_q_heads, case.scale)
     backend.plan(case.batch)
     out = backend.forward(0, case.q, case.k, case.v)
@@ -114,10 +119,7 @@ def run_graph_attention(kind: str, case: AttentionCase, bucket: int,
     batch, cache, device = case.batch, case.cache, case.cache.device
     assert all(q_len == 1 for q_len in batch.q_lens), "graph attention serves decode rows"
     n = batch.num_seqs
-    ref_cache = float32_copy(cache)
-    ref = create_backend("torch", ref_cache, case.num_q_heads, case.scale)
-    ref.plan(batch)
-    expected = ref.forward(0, case.q.float(), case.k.float(), case.v.float())
+    expected, ref_cache = reference(case)
     indptr, indices, last = padded_kv_layout(bucket, batch.kv_lens, batch.page_table,
                                              cache.page_size)
     slots = torch.zeros(bucket, dtype=torch.int64, device=device)
