@@ -192,6 +192,8 @@ def main() -> None:
                         choices=["auto", "flashinfer", "triton"])
     parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
                         help="few-row linears through the Triton GEMV (kernels.ops.gemv)")
+    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
+                        help="programmatic dependent launch for the Triton kernels")
     args = parser.parse_args()
     from engine.llm import LLM
 
@@ -206,8 +208,9 @@ def main() -> None:
     pages = max_batch * -(-(PROMPT_LEN + NEW_TOKENS) // 16) + 64
     engine_args = dict(dtype="bfloat16", load_format="dummy", num_pages=pages,
                        max_num_seqs=max_batch, max_model_len=1024,
-                       graph_attention=args.graph_attention, gemv=args.gemv)
-    print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv}", flush=True)
+                       graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl)
+    print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl}",
+          flush=True)
     t0 = time.perf_counter()
     try:
         llm = LLM(path, **engine_args)
@@ -281,7 +284,7 @@ def main() -> None:
     for name, b in baselines.items():
         print(f"baseline {name}: {b['tok_s']:.1f} tok/s")
     print(json.dumps(dict(benchmark="b1_decode", device=device, commit=commit(), graphs=graphs,
-                          graph_attention=args.graph_attention, gemv=args.gemv,
+                          graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl,
                           copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines,
                           overlap=True, profiles=profiles)))
 

@@ -209,7 +209,7 @@ def run_config(args: argparse.Namespace) -> dict:
               dtype="bfloat16", load_format="dummy", num_pages=pages, max_num_seqs=max_batch,
               max_model_len=1024, attention_backend=args.attention_backend,
               enforce_eager=args.enforce_eager, graph_attention=args.graph_attention,
-              gemv=args.gemv, tp_one_shot_all_reduce=not args.nccl_only)
+              gemv=args.gemv, pdl=args.pdl, tp_one_shot_all_reduce=not args.nccl_only)
     runner = llm.engine.runner
     graphs = runner.graphs is not None
     print(f"tp {tp}: engine up in {time.perf_counter() - t0:.1f} s (graphs: {graphs})",
@@ -232,7 +232,8 @@ def run_config(args: argparse.Namespace) -> dict:
                          bytes_per_step_all_ranks=tp * step_bytes(runner, batch),
                          graphs=graphs, copy_bw_tbs=bw / 1e12,
                          engine_all_reduce=all_reduce_path,
-                         graph_attention=args.graph_attention, gemv=args.gemv))
+                         graph_attention=args.graph_attention, gemv=args.gemv,
+                         pdl=args.pdl))
         print(f"tp {tp} batch {batch}: {batch / step_s:.1f} tok/s "
               f"({rows[-1]['pct_roofline']:.1f}% of {batch / roof_step_s:.1f})", flush=True)
     # The result first: a tear-down that hangs must not lose the numbers.
@@ -251,6 +252,7 @@ def run_child(args: argparse.Namespace, tp: int) -> dict:
            args.tokenizer_dir, "--attention-backend", args.attention_backend]
     cmd += ["--graph-attention", args.graph_attention]
     cmd.append("--gemv" if args.gemv else "--no-gemv")
+    cmd.append("--pdl" if args.pdl else "--no-pdl")
     for flag in ("enforce_eager", "nccl_only"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
@@ -301,6 +303,8 @@ def main() -> None:
                         choices=["auto", "flashinfer", "triton"])
     parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
                         help="EngineConfig.gemv")
+    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
+                        help="EngineConfig.pdl")
     parser.add_argument("--nccl-only", action="store_true",
                         help="engine all-reduces through NCCL only (no one-shot)")
     parser.add_argument("--timeout-s", type=float, default=480.0, help="per configuration")

@@ -58,6 +58,9 @@ class EngineConfig:
     graph_attention: str = "auto"
     # One- and two-row linears through the Triton GEMV where it beats cuBLAS (kernels.ops.gemv).
     gemv: bool = True
+    # Programmatic dependent launch for the Triton kernels that support it (SM90+ CUDA only):
+    # each may start while the kernel before it finishes (kernels._triton.set_pdl).
+    pdl: bool = True
     # Overlap scheduling (EngineCore): prepare step N+1 while N runs. None: on with CUDA.
     overlap_schedule: bool | None = None
     seed: int = 0

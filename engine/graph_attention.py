@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import next_pow2
+from kernels._triton import next_pow2, pdl_args
 from kernels.attention import AttentionBackend, AttentionBatch
 from kernels.attention import triton_kernels as tk
 from kernels.kv_cache import KVCache
@@ -126,12 +126,12 @@ class TritonGraphAttention(GraphAttention):
             out.stride(1), 0, self.num_q_heads, cache.num_kv_heads, head_dim, self.group, 0,
             splits, self.kv_indptr, self.kv_last, PAGE_SIZE=cache.page_size, SPLIT=split,
             BLOCK_H=max(16, next_pow2(self.group)), BLOCK_N=self.block_n, BLOCK_D=block_d,
-            CSR=True, DYN_SPLIT=True, num_warps=self.num_warps, num_stages=2,
+            CSR=True, DYN_SPLIT=True, num_warps=self.num_warps, num_stages=2, **pdl_args(q),
         )
         if split:
             tk.merge_kernel[(rows, self.num_q_heads)](
                 out, mid_o, mid_lse, unused, unused, out.stride(0), out.stride(1),
                 self.num_q_heads, head_dim, splits, BLOCK_S=next_pow2(splits),
-                BLOCK_D=block_d, CSR=True, num_warps=self.num_warps,
+                BLOCK_D=block_d, CSR=True, num_warps=self.num_warps, **pdl_args(q),
             )
         return out

@@ -4,10 +4,18 @@ CPU-only installs may lack Triton; kernel modules still import (their ``@jit`` f
 plain Python and are never launched) and every public op falls back to its torch reference.
 ``TRITON_INTERPRET=1`` must be set before a kernel module is imported for its kernels to run on
 CPU tensors through Triton's interpreter (how the CPU tests exercise them).
+
+Programmatic dependent launch (PDL, Hopper and later; ``set_pdl``): a kernel launched with it may
+start while the kernel before it on the stream is still finishing. Every kernel that takes
+``USE_PDL`` calls ``pdl_wait`` before it reads anything an earlier kernel may have written and
+before it writes anything (only its weights may be read earlier: no kernel writes them), so the
+overlap is the launch, the prologue and the weight prefetch, never a data race. Kernels launched
+the ordinary way (cuBLAS, torch) still wait for everything before them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -46,6 +54,38 @@ def interpreting() -> bool:
 def use_triton(t: torch.Tensor) -> bool:
     """Whether a Triton kernel can run on ``t``: a CUDA tensor, or any tensor when interpreting."""
     return HAS_TRITON and (t.is_cuda or interpreting())
+
+
+_PDL = False  # set_pdl; the engine sets it from EngineConfig.pdl
+
+
+def set_pdl(enabled: bool) -> bool:
+    """Launch the kernels that support it with PDL (SM90+ CUDA only); returns the previous
+    setting. Read at each launch, and so frozen into captured graphs."""
+    global _PDL
+    previous, _PDL = _PDL, enabled
+    return previous
+
+
+def pdl_args(t: torch.Tensor) -> dict[str, bool]:
+    """Launch keywords for a ``USE_PDL`` kernel running on ``t``'s device."""
+    if _PDL and HAS_TRITON and t.is_cuda and not interpreting() and _sm90(t.device.index):
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
+
+
+@functools.cache
+def _sm90(index: int | None) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+@jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """Wait until the kernel before this one has finished and its writes are visible, then let
+    the next kernel launch (it waits the same way). No-op without ``USE_PDL``."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def next_pow2(n: int) -> int:

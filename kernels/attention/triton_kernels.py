@@ -16,7 +16,7 @@ launch, so a captured graph serves any context lengths. Scores are kept in base 
 
 from __future__ import annotations
 
-from kernels._triton import jit, tl
+from kernels._triton import jit, pdl_wait, tl
 
 
 @jit
@@ -71,13 +71,14 @@ def decode_kernel(
     KV_INDPTR, KV_LAST,
     PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False,
+    CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     """One program: one decode row x one KV head (all its ``group`` query heads) x one split.
 
     ``CSR``: pages from ``KV_INDPTR``/``PAGE_TABLE`` (flat indices)/``KV_LAST`` instead of the
     padded table; ``DYN_SPLIT``: ``split_len`` is ``kv_len / num_splits`` (rounded up to
     ``BLOCK_N``) for each row, so splits past a short context are empty."""
+    pdl_wait(USE_PDL)
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -125,9 +126,11 @@ def merge_kernel(
     OUT, MID_O, MID_LSE, SEQ_IDS, CU_Q_LENS,
     stride_ot, stride_oh, num_q_heads, head_dim, num_splits,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CSR: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False,
 ):
     """Combine the per-split partial outputs of one decode row x one query head (``CSR``: row
     ``r`` is token ``r``)."""
+    pdl_wait(USE_PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)
     if CSR:

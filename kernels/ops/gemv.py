@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import jit, next_pow2, tl, triton, use_triton
+from kernels._triton import jit, next_pow2, pdl_args, pdl_wait, tl, triton, use_triton
 from kernels.ops.silu_mul import silu_mul as silu_mul_op
 
 MAX_ROWS = 4
@@ -49,15 +49,29 @@ def set_gemv(enabled: bool) -> bool:
 
 
 @jit
+def _gemv_x(x_ptrs, K, k0, x_mask, SILU_MUL: tl.constexpr, DTYPE: tl.constexpr):
+    """The float32 input tile at ``k0`` (``SILU_MUL``: ``silu(gate) * up`` rounded like
+    ``kernels.ops.silu_mul``)."""
+    x = tl.load(x_ptrs + k0, mask=x_mask, other=0.0).to(tl.float32)
+    if SILU_MUL:
+        up = tl.load(x_ptrs + k0 + K, mask=x_mask, other=0.0).to(tl.float32)
+        act = (x / (1.0 + tl.exp(-x))).to(DTYPE).to(tl.float32)
+        x = (act * up).to(DTYPE).to(tl.float32)
+    return x
+
+
+@jit
 def _gemv_kernel(
     X, W, B, Y, M, N, K, stride_xm, stride_wn, stride_ym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, EVEN: tl.constexpr, SILU_MUL: tl.constexpr,
+    BLOCK_K: tl.constexpr, EVEN: tl.constexpr, SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` output features of all (at most ``BLOCK_M``) rows.
 
-    ``SILU_MUL``: each row of ``X`` is ``[gate | up]`` (2K wide) and the input is
-    ``silu(gate) * up``, rounded as ``kernels.ops.silu_mul`` rounds it."""
+    The weight tile of step ``k`` is loaded before the product of step ``k - 1`` (two tiles in
+    flight), and the first one before ``pdl_wait``: under PDL it streams while the previous
+    kernel finishes. ``SILU_MUL``: each row of ``X`` is ``[gate | up]`` (2K wide) and the input
+    is ``silu(gate) * up``, rounded as ``kernels.ops.silu_mul`` rounds it."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -66,25 +80,29 @@ def _gemv_kernel(
     m_mask = offs_m < M
     w_ptrs = W + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     x_ptrs = X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+    if EVEN:
+        w = tl.load(w_ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(w_ptrs, mask=n_mask[:, None] & (offs_k < K)[None, :], other=0.0,
+                    eviction_policy="evict_first")
+    pdl_wait(USE_PDL)
     # Products accumulate elementwise; the one reduction over K happens after the loop.
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         if EVEN:
-            w = tl.load(w_ptrs, eviction_policy="evict_first")
+            w_next = tl.load(w_ptrs + k0, eviction_policy="evict_first")
             x_mask = m_mask[:, None]
         else:
-            k_mask = (k0 + offs_k) < K
-            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0,
-                        eviction_policy="evict_first")
-            x_mask = m_mask[:, None] & k_mask[None, :]
-        x = tl.load(x_ptrs, mask=x_mask, other=0.0).to(tl.float32)
-        if SILU_MUL:
-            up = tl.load(x_ptrs + K, mask=x_mask, other=0.0).to(tl.float32)
-            act = (x / (1.0 + tl.exp(-x))).to(X.dtype.element_ty).to(tl.float32)
-            x = (act * up).to(X.dtype.element_ty).to(tl.float32)
+            w_next = tl.load(w_ptrs + k0, mask=n_mask[:, None] & (k0 + offs_k < K)[None, :],
+                             other=0.0, eviction_policy="evict_first")
+            x_mask = m_mask[:, None] & (k0 - BLOCK_K + offs_k < K)[None, :]
+        x = _gemv_x(x_ptrs, K, k0 - BLOCK_K, x_mask, SILU_MUL, X.dtype.element_ty)
         acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
+        w = w_next
+    last = tl.cdiv(K, BLOCK_K) * BLOCK_K - BLOCK_K
+    x = _gemv_x(x_ptrs, K, last, m_mask[:, None] & (last + offs_k < K)[None, :], SILU_MUL,
+                X.dtype.element_ty)
+    acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
     y = tl.sum(acc, axis=2)
     if HAS_BIAS:
         y += tl.load(B + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -111,7 +129,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x, weight, bias if bias is not None else weight, out, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, EVEN=even, SILU_MUL=silu_mul,
-        num_warps=num_warps,
+        num_warps=num_warps, **pdl_args(x),
     )
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import jit, tl, triton, use_triton
+from kernels._triton import jit, pdl_args, pdl_wait, tl, triton, use_triton
 
 
 def kv_store_ref(
@@ -30,8 +30,9 @@ def _kv_store_kernel(
     K, V, K_CACHE, V_CACHE, SLOTS,
     stride_kt, stride_kh, stride_vt, stride_vh,
     num_kv_heads, head_dim,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     tok = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_D)
@@ -64,7 +65,7 @@ def kv_store_triton(
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         num_kv_heads, head_dim,
-        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
+        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4, **pdl_args(k),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import jit, next_pow2, tl, use_triton
+from kernels._triton import jit, next_pow2, pdl_args, pdl_wait, tl, use_triton
 
 
 def rmsnorm_ref(
@@ -33,10 +33,13 @@ def _rmsnorm_kernel(
     hidden, eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    pdl_wait(USE_PDL)
     h = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
@@ -44,7 +47,6 @@ def _rmsnorm_kernel(
         tl.store(NEW_R + row * stride_nr + cols, h, mask=mask)
     h32 = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(h32 * h32, axis=0) / hidden + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(OUT + row * stride_o + cols, (h32 * rstd * w).to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -68,7 +70,7 @@ def rmsnorm_triton(
         x2, r2, weight, out, new_r if residual is not None else out,
         x2.stride(0), r2.stride(0), out.stride(0), out.stride(0),
         hidden, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2),
     )
     if residual is not None:
         new_r = new_r.view(x.shape)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import jit, next_pow2, tl, use_triton
+from kernels._triton import jit, next_pow2, pdl_args, pdl_wait, tl, use_triton
 
 
 def _head_rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -79,8 +79,9 @@ def _rope_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cos,
     num_q_heads, num_kv_heads, half, eps,
     HAS_NORM: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(POS + tok).to(tl.int64)
     dims = tl.arange(0, BLOCK_HALF)
@@ -121,7 +122,7 @@ def rope_triton(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
         num_q_heads, num_kv_heads, half, eps,
         HAS_NORM=has_norm, BLOCK_HQ=next_pow2(num_q_heads), BLOCK_HK=next_pow2(num_kv_heads),
-        BLOCK_HALF=next_pow2(half), num_warps=4,
+        BLOCK_HALF=next_pow2(half), num_warps=4, **pdl_args(q),
     )
     return q, k
 

@@ -79,8 +79,9 @@ class _Path:
     """One way of running the model: its own KV cache, attention and (optionally) graphs."""
 
     def __init__(self, model, fast: bool, graph_attention: str = "flashinfer",
-                 gemv: bool = False) -> None:
+                 gemv: bool = False, pdl: bool = False) -> None:
         from engine.cuda_graphs import CudaGraphRunner
+        from kernels._triton import set_pdl
         from kernels.attention import KVCache, create_backend
         from kernels.ops import set_gemv
 
@@ -96,11 +97,12 @@ class _Path:
             self.graphs = CudaGraphRunner(model, self.cache, model.num_heads, scale,
                                           max_batch_size=4, max_model_len=512,
                                           attention=graph_attention)
-            previous = set_gemv(gemv)  # captured into the graphs
+            previous = set_gemv(gemv), set_pdl(pdl)  # captured into the graphs
             try:
                 self.graphs.capture()
             finally:
-                set_gemv(previous)
+                set_gemv(previous[0])
+                set_pdl(previous[1])
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], pages: list[list[int]]) -> torch.Tensor:
@@ -143,18 +145,18 @@ class _Path:
             set_fused_ops(previous)
 
 
-@pytest.mark.parametrize("variant", ["flashinfer", "triton+gemv"])
+@pytest.mark.parametrize("variant", ["flashinfer", "triton+gemv", "triton+gemv+pdl"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_fast_path_matches_torch_reference(name: str, variant: str) -> None:
-    """``variant``: the attention (eager and in the decode graphs), and whether few-row linears
-    take the GEMV."""
+    """``variant``: the attention (eager and in the decode graphs), whether few-row linears
+    take the GEMV, and whether the graphs' Triton kernels launch with PDL."""
     torch.manual_seed(0)
     rng = random.Random(0)
     model = _model(name)
     oracle_model = copy.deepcopy(model).float()  # the same bf16 weights, float32 arithmetic
     vocab = model.vocab_size
     fast = _Path(model, fast=True, graph_attention=variant.split("+")[0],
-                 gemv=variant.endswith("+gemv"))
+                 gemv="+gemv" in variant, pdl=variant.endswith("+pdl"))
     paths = {"ref": _Path(model, fast=False), "fast": fast,
              "oracle": _Path(oracle_model, fast=False)}
     prompts = [[rng.randrange(vocab) for _ in range(n)] for n in (5, 37, 20)]

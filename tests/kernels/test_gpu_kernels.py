@@ -191,3 +191,60 @@ def test_auto_backend_prefers_triton() -> None:
     cache = KVCache(1, 4, 16, 2, 64, torch.bfloat16, DEVICE)
     expected = "triton" if importlib.util.find_spec("triton") else "flashinfer"
     assert create_backend("auto", cache, 4, 0.125).name == expected
+
+
+def _pdl_chain(x0, weights, cos, sin, k_cache, v_cache):
+    """Dependent fused ops the way a decode layer chains them: RMSNorm + residual -> qk GEMV
+    -> q/k norm + RoPE in place -> KV store -> o GEMV -> down GEMV with SiLU fused."""
+    from kernels.ops import gemv_triton, kv_store_triton, rmsnorm_triton, rope_triton
+
+    x, residual, pos = x0, x0, torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    slot = torch.tensor([3], dtype=torch.int64, device=DEVICE)
+    for g, w_qk, w_o, w_down, qn, kn in weights:
+        h, residual = rmsnorm_triton(x, g, 1e-6, residual)
+        qk = gemv_triton(h, w_qk, config=(8, 512, 4))
+        q, k = qk[:, :4096].view(1, 32, 128), qk[:, 4096:].view(1, 8, 128)
+        rope_triton(pos, q, k, cos, sin, qn, kn, 1e-6)
+        kv_store_triton(k_cache, v_cache, slot, k, k)
+        o = gemv_triton(q.reshape(1, 4096), w_o, config=(4, 512, 4))
+        x = gemv_triton(torch.cat([o, o], dim=1), w_down, config=(4, 512, 4), silu_mul=True)
+    return x, residual
+
+
+def test_pdl_chain_in_graph_is_bit_identical() -> None:
+    """Under programmatic dependent launch every kernel may start before the one it depends on
+    has finished; captured in a CUDA graph and replayed on fresh inputs, the chain must give
+    exactly what ordinary launches give (a kernel that read its input early would not)."""
+    from kernels._triton import set_pdl
+
+    torch.manual_seed(11)
+    bf = dict(device=DEVICE, dtype=torch.bfloat16)
+    weights = [(torch.rand(4096, **bf) + 0.5, torch.randn(5120, 4096, **bf) * 0.02,
+                torch.randn(4096, 4096, **bf) * 0.02, torch.randn(4096, 4096, **bf) * 0.02,
+                torch.rand(128, **bf) + 0.5, torch.rand(128, **bf) + 0.5) for _ in range(4)]
+    freqs = torch.rand(8, 64, device=DEVICE) * 3
+    cos, sin = freqs.cos(), freqs.sin()
+    caches = [torch.zeros(8, 8, 128, **bf) for _ in range(4)]
+    static_x = torch.randn(1, 4096, **bf)
+    previous = set_pdl(True)
+    try:
+        _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1])  # compile
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1])
+    finally:
+        set_pdl(previous)
+    for seed in range(3):
+        torch.manual_seed(100 + seed)
+        x = torch.randn(1, 4096, **bf)
+        static_x.copy_(x)
+        graph.replay()
+        previous = set_pdl(False)
+        try:
+            ref = _pdl_chain(x, weights, cos, sin, caches[2], caches[3])
+        finally:
+            set_pdl(previous)
+        torch.cuda.synchronize()
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+        assert torch.equal(caches[0], caches[2])

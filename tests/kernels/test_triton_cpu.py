@@ -76,3 +76,16 @@ def test_linear_falls_back_to_torch_on_cpu() -> None:
         assert torch.equal(fused, torch.nn.functional.linear(silu_mul_ref(gate_up), w))
     finally:
         set_gemv(previous)
+
+
+def test_pdl_launches_only_on_cuda() -> None:
+    """PDL is a launch attribute of SM90+ CUDA devices: with the switch on, CPU tensors (plain or
+    interpreted) still launch without it, and the kernels' ``USE_PDL`` stays off."""
+    from kernels._triton import pdl_args, set_pdl
+
+    previous = set_pdl(True)
+    try:
+        assert pdl_args(torch.zeros(2)) == {"USE_PDL": False}
+    finally:
+        set_pdl(previous)
+    assert pdl_args(torch.zeros(2)) == {"USE_PDL": False}

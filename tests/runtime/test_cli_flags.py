@@ -18,15 +18,16 @@ def _config(*argv: str) -> EngineConfig:
 
 def test_fast_path_flags_default_on() -> None:
     config = _config()
-    assert (config.graph_attention, config.gemv, config.tp_one_shot_all_reduce) == (
-        "auto", True, True)
+    assert (config.graph_attention, config.gemv, config.pdl, config.tp_one_shot_all_reduce) == (
+        "auto", True, True, True)
 
 
 def test_fast_path_flags_parse() -> None:
-    config = _config("--graph-attention", "flashinfer", "--no-gemv",
+    config = _config("--graph-attention", "flashinfer", "--no-gemv", "--no-pdl",
                      "--no-tp-one-shot-all-reduce", "--tp", "2")
     assert config.graph_attention == "flashinfer"
-    assert config.gemv is False and config.tp_one_shot_all_reduce is False
+    assert config.gemv is False and config.pdl is False
+    assert config.tp_one_shot_all_reduce is False
     assert config.tensor_parallel_size == 2
     assert _config("--gemv").gemv is True
 
