@@ -36,6 +36,7 @@ from engine.graph_attention import (  # noqa: E402
     TritonGraphAttention,
     triton_graph_splits,
 )
+from kernels._triton import set_pdl  # noqa: E402
 from kernels.attention import AttentionBatch, create_backend  # noqa: E402
 from kernels.kv_cache import KVCache  # noqa: E402
 from kernels.ops.gemv import gemv_triton  # noqa: E402
@@ -105,8 +106,18 @@ def bench_linears(rows_list: list[int], configs: list[tuple[int, int, int]]) -> 
                     row[key] = f"failed: {exc!r}"[:200]
             best = max((v, key) for key, v in row.items()
                        if key.startswith("triton") and isinstance(v, float))
+            # The best tile again with programmatic dependent launch: each GEMV may start
+            # streaming its weights while the one before finishes (independent inputs here,
+            # so this is the most PDL can give back to back).
+            cfg = tuple(int(v) for v in best[1].removeprefix("triton_").split("x"))
+            previous = set_pdl(True)
+            try:
+                fn = lambda x, w, c=cfg: gemv_triton(x, w, config=c)  # noqa: E731
+                row["triton_pdl"] = nbytes / _layers_ms(fn, x, weights) / 1e6
+            finally:
+                set_pdl(previous)
             print(f"{name:>8} m={m}: cuBLAS {row['cublas']:7.0f} GB/s, best Triton {best[0]:7.0f}"
-                  f" GB/s ({best[1]})", flush=True)
+                  f" GB/s ({best[1]}), with PDL {row['triton_pdl']:7.0f}", flush=True)
             results[f"{name}_m{m}"] = row
         weights.clear()
         torch.cuda.empty_cache()

@@ -302,3 +302,40 @@ def test_long_prompt_on_cached_prefix(tmp_path, attention: str) -> None:
         del llm
         torch.cuda.empty_cache()
     assert len(outs[True]) == len(outs[False]) == 8
+
+
+def test_grammar_constrained_decoding_on_gpu(tmp_path) -> None:
+    """xgrammar's token bitmask applied to CUDA logits: even random weights (greedy, sampled)
+    produce JSON that matches the schema, next to an unconstrained row in the same batches."""
+    pytest.importorskip("xgrammar")
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+    from engine.structured import allocate_bitmask, apply_bitmask
+    from tools.constrained import response_format_grammar
+
+    logits = torch.randn(3, 1000, device="cuda")
+    bitmask = allocate_bitmask(3, 1000)
+    bitmask.zero_()
+    bitmask[1, 0] = 0b1010  # row 1 allows tokens 1 and 3 only; rows 0 and 2 untouched
+    masked = logits.clone()
+    apply_bitmask(masked, bitmask, rows=[1])
+    assert torch.isinf(masked[1]).sum() == 998 and masked[1, 1] == logits[1, 1]
+    assert torch.equal(masked[[0, 2]], logits[[0, 2]])
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "legs"],
+              "properties": {"name": {"type": "string", "maxLength": 8},
+                             "legs": {"enum": [3, 4]}}}
+    llm = LLM(_tiny_model_dir(tmp_path), dtype="bfloat16", load_format="dummy", num_pages=64,
+              max_num_seqs=4)
+    spec = response_format_grammar("json_schema", schema)
+    params = [SamplingParams(temperature=0.0, max_tokens=64, grammar=spec),
+              SamplingParams(temperature=1.0, seed=3, max_tokens=64, grammar=spec),
+              SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)]
+    outs = llm.generate([[1, 5, 9, 200, 17], [3] * 40, list(range(10, 31))], params)
+    for out in outs[:2]:
+        assert out.finish_reason == "stop", out.text
+        value = json.loads(out.text)
+        assert set(value) == {"name", "legs"} and value["legs"] in (3, 4), out.text
+        assert isinstance(value["name"], str) and len(value["name"]) <= 8, out.text
+    assert len(outs[2].token_ids) == 20
+    llm.engine.scheduler.check_integrity()

@@ -193,13 +193,12 @@ def test_auto_backend_prefers_triton() -> None:
     assert create_backend("auto", cache, 4, 0.125).name == expected
 
 
-def _pdl_chain(x0, weights, cos, sin, k_cache, v_cache):
+def _pdl_chain(x0, weights, cos, sin, k_cache, v_cache, pos, slot):
     """Dependent fused ops the way a decode layer chains them: RMSNorm + residual -> qk GEMV
     -> q/k norm + RoPE in place -> KV store -> o GEMV -> down GEMV with SiLU fused."""
     from kernels.ops import gemv_triton, kv_store_triton, rmsnorm_triton, rope_triton
 
-    x, residual, pos = x0, x0, torch.zeros(1, dtype=torch.int64, device=DEVICE)
-    slot = torch.tensor([3], dtype=torch.int64, device=DEVICE)
+    x, residual = x0, x0
     for g, w_qk, w_o, w_down, qn, kn in weights:
         h, residual = rmsnorm_triton(x, g, 1e-6, residual)
         qk = gemv_triton(h, w_qk, config=(8, 512, 4))
@@ -226,13 +225,15 @@ def test_pdl_chain_in_graph_is_bit_identical() -> None:
     cos, sin = freqs.cos(), freqs.sin()
     caches = [torch.zeros(8, 8, 128, **bf) for _ in range(4)]
     static_x = torch.randn(1, 4096, **bf)
+    idx = (torch.full((1,), 5, dtype=torch.int64, device=DEVICE),  # position, slot
+           torch.full((1,), 3, dtype=torch.int64, device=DEVICE))
     previous = set_pdl(True)
     try:
-        _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1])  # compile
+        _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1], *idx)  # compile
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1])
+            out = _pdl_chain(static_x, weights, cos, sin, caches[0], caches[1], *idx)
     finally:
         set_pdl(previous)
     for seed in range(3):
@@ -242,7 +243,7 @@ def test_pdl_chain_in_graph_is_bit_identical() -> None:
         graph.replay()
         previous = set_pdl(False)
         try:
-            ref = _pdl_chain(x, weights, cos, sin, caches[2], caches[3])
+            ref = _pdl_chain(x, weights, cos, sin, caches[2], caches[3], *idx)
         finally:
             set_pdl(previous)
         torch.cuda.synchronize()
