@@ -194,8 +194,11 @@ def main() -> None:
                         help="few-row linears through the Triton GEMV (kernels.ops.gemv)")
     parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
                         help="programmatic dependent launch for the Triton kernels")
+    parser.add_argument("--gemv-one-row-max", type=int, default=None,
+                        help="override kernels.ops.gemv.ONE_ROW_MAX_OUT (A/B of the GEMV rule)")
     args = parser.parse_args()
     from engine.llm import LLM
+    from kernels.ops import gemv as gemv_ops
 
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -209,8 +212,10 @@ def main() -> None:
     engine_args = dict(dtype="bfloat16", load_format="dummy", num_pages=pages,
                        max_num_seqs=max_batch, max_model_len=1024,
                        graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl)
-    print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl}",
-          flush=True)
+    if args.gemv_one_row_max is not None:
+        gemv_ops.ONE_ROW_MAX_OUT = args.gemv_one_row_max
+    print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl} "
+          f"gemv_one_row_max={gemv_ops.ONE_ROW_MAX_OUT}", flush=True)
     t0 = time.perf_counter()
     try:
         llm = LLM(path, **engine_args)

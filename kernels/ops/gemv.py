@@ -27,14 +27,20 @@ DEFAULT_CONFIG = (8, 512, 4)
 _ENABLED = False  # set_gemv; the engine sets it from EngineConfig.gemv
 
 
+# One row: the GEMV up to this many output features. On an H100 it beat cuBLAS on every
+# Qwen3-8B projection, gate_up's 24576 included (+6%; a tie on an H200); the LM head's
+# vocabulary-wide matmul stays on cuBLAS, which reads it at copy speed.
+ONE_ROW_MAX_OUT = 32768
+
+
 def gemv_config(rows: int, out_features: int) -> tuple[int, int, int] | None:
-    """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200,
-    bf16, Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to 8192 output features
-    (o/down +10-23%, qkv +6%; gate_up's 24576 is a tie), two rows up to 4096 (+9-14%); at four
-    rows and on wider layers cuBLAS wins."""
+    """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200 and
+    H100, bf16, Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to
+    ``ONE_ROW_MAX_OUT`` output features (o/down +10-23%, qkv +5%, gate_up +6% on an H100), two
+    rows up to 4096 (+9-14% on an H200); at four rows and on wider layers cuBLAS wins."""
     if rows == 1 and out_features <= 4096:
         return (4, 512, 4)
-    if rows == 1 and out_features <= 8192:
+    if rows == 1 and out_features <= ONE_ROW_MAX_OUT:
         return (8, 512, 4)
     if rows == 2 and out_features <= 4096:
         return (4, 1024, 4)
