@@ -44,10 +44,12 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
         return StreamingResponse(_stream(state, request, completion_id, events, slot),
                                  media_type="text/event-stream")
     async with generation_slot(state, "chat"):
-        final = None
+        start, final = time.monotonic(), None
         async for event in events:
             if isinstance(event, Finished):
                 final = event
+    state.metrics.requests.labels("chat", "ok").inc()
+    state.metrics.observe_finished(final, start, time.monotonic())
     return Response(encode_json(_completion(state, request, completion_id, final)),
                     media_type="application/json")
 
@@ -95,7 +97,6 @@ def _completion(state: ServerState, request, completion_id: str, final: Finished
     logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
     choice = t.Choice(index=0, message=message, finish_reason=_finish_reason(final),
                       logprobs=logprobs)
-    state.metrics.requests.labels("chat", "ok").inc()
     return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
                             choices=[choice], usage=_usage(final))
 
@@ -115,6 +116,7 @@ async def _stream(state, request, completion_id, events, slot) -> AsyncIterator[
 
     try:
         yield chunk(t.ChoiceDelta(role="assistant", content=""))
+        start = time.monotonic()
         async for event in events:
             if isinstance(event, TextDelta):
                 yield chunk(t.ChoiceDelta(content=event.text))
@@ -126,6 +128,10 @@ async def _stream(state, request, completion_id, events, slot) -> AsyncIterator[
                 yield chunk(t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
                     index=event.index, function=t.DeltaFunction(arguments=event.delta))]))
             elif isinstance(event, Finished):
+                # Counted before the last chunks leave: a client that saw them finds it in
+                # /metrics.
+                state.metrics.requests.labels("chat", "ok").inc()
+                state.metrics.observe_finished(event, start, time.monotonic())
                 logprobs = (chat_logprobs(state.tokenizer, event.logprobs)
                             if request.logprobs else None)
                 yield chunk(t.ChoiceDelta(), _finish_reason(event), logprobs)
@@ -133,7 +139,6 @@ async def _stream(state, request, completion_id, events, slot) -> AsyncIterator[
                     last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
                                                  choices=[], usage=_usage(event))
                     yield b"data: " + encode_json(last) + b"\n\n"
-        state.metrics.requests.labels("chat", "ok").inc()
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
         from runtime.guard import api_error_of
 

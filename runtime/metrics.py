@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.ipc import EngineStats
+
+if TYPE_CHECKING:
+    from runtime.generation import Finished
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -76,15 +81,17 @@ class Metrics:
         self.spec_tokens.labels("drafted").set(stats.num_spec_draft_tokens)
         self.spec_tokens.labels("accepted").set(stats.num_spec_accepted_tokens)
 
-    def observe_finished(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
-                         ttft_s: float | None, decode_s: float | None) -> None:
-        self.prompt_tokens.inc(prompt_tokens)
-        self.cached_tokens.inc(cached_tokens)
-        self.generated_tokens.inc(completion_tokens)
-        if ttft_s is not None:
-            self.ttft.observe(ttft_s)
-        if decode_s is not None and completion_tokens > 1:
-            self.itl.observe(decode_s / (completion_tokens - 1))
+    def observe_finished(self, final: Finished, start_s: float, end_s: float) -> None:
+        """One finished generation; ``start_s`` / ``end_s`` (``time.monotonic()``) are when it
+        began and ended, ``final.first_token_time`` when its first token came."""
+        self.prompt_tokens.inc(final.prompt_tokens)
+        self.cached_tokens.inc(final.cached_tokens)
+        self.generated_tokens.inc(final.completion_tokens)
+        first = final.first_token_time
+        if first is not None:
+            self.ttft.observe(first - start_s)
+            if final.completion_tokens > 1:  # the time after the first token, per later token
+                self.itl.observe((end_s - first) / (final.completion_tokens - 1))
 
     def render(self, stats: EngineStats | None) -> bytes:
         self.observe_engine(stats)

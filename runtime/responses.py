@@ -128,12 +128,11 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
     # Committed before "completed" leaves: a client that saw it can continue the chain even if
     # this process dies right after. A store outage raises StoreUnavailableError (503).
     await save(state, turn, final, response, local)
+    # Counted before "completed" leaves too: a client that saw it finds it in /metrics.
+    state.metrics.requests.labels("responses", "ok").inc()
+    state.metrics.observe_finished(final, start, time.monotonic())
     for out in done:
         yield out
-    state.metrics.requests.labels("responses", "ok").inc()
-    ttft = final.first_token_time - start if final.first_token_time else None
-    state.metrics.observe_finished(final.prompt_tokens, final.cached_tokens,
-                                   final.completion_tokens, ttft, time.monotonic() - start)
 
 
 async def save(state: ServerState, turn: Turn, final: Finished, response: r.Response,

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+import pytest
 from openai.lib.responses_websocket import ResponsesWebSocketLimits, ResponsesWebSocketSession
 
+from tests.runtime.conftest import API_KEY
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MODEL = "SmolLM2-135M-Instruct"
 LIMITS = ResponsesWebSocketLimits(max_lanes=4, max_events_per_lane=4096, max_events=8192,
                                   max_bytes_per_lane=1 << 24, max_bytes=1 << 25)
 
@@ -12,8 +19,59 @@ LIMITS = ResponsesWebSocketLimits(max_lanes=4, max_events_per_lane=4096, max_eve
 def test_models_health_metrics(server, client):
     assert [m.id for m in client.models.list()] == ["SmolLM2-135M-Instruct"]
     assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}
-    text = httpx.get(server.base_url + "/metrics").text
+    text = httpx.get(server.base_url + "/metrics", headers=AUTH).text
     assert "agentspeed_kv_pages" in text and "agentspeed_time_to_first_token_seconds" in text
+
+
+def metric_values(server) -> dict[str, float]:
+    """Every unlabelled sample of /metrics, by name."""
+    text = httpx.get(server.base_url + "/metrics", headers=AUTH).text
+    return {name: float(value) for name, value in
+            re.findall(r"^(agentspeed_\w+) (\S+)$", text, re.M)}
+
+
+def moved(server, run):
+    """``run()``'s usage as (prompt, cached, generated) tokens, and how the token counters and
+    the latency histograms' counts moved meanwhile."""
+    names = ("agentspeed_prompt_tokens_total", "agentspeed_cached_prompt_tokens_total",
+             "agentspeed_generated_tokens_total",
+             "agentspeed_time_to_first_token_seconds_count",
+             "agentspeed_inter_token_latency_seconds_count")
+    before = metric_values(server)
+    usage = run()
+    after = metric_values(server)
+    return usage, tuple(after[n] - before[n] for n in names)
+
+
+@pytest.mark.parametrize("kind", ["chat", "chat_stream", "responses", "responses_stream"])
+def test_every_endpoint_updates_token_and_latency_metrics(server, client, kind):
+    messages = [{"role": "user", "content": f"Name a {kind.replace('_', ' ')} colour."}]
+
+    def run():
+        if kind == "chat":
+            out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                                 temperature=0)
+            u = out.usage
+            return u.prompt_tokens, u.prompt_tokens_details.cached_tokens, u.completion_tokens
+        if kind == "chat_stream":
+            chunks = list(client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=8, temperature=0, stream=True,
+                stream_options={"include_usage": True}))
+            u = chunks[-1].usage
+            return u.prompt_tokens, u.prompt_tokens_details.cached_tokens, u.completion_tokens
+        if kind == "responses":
+            out = client.responses.create(model=MODEL, input=messages, max_output_tokens=8,
+                                          temperature=0)
+        else:
+            events = list(client.responses.create(model=MODEL, input=messages, stream=True,
+                                                  max_output_tokens=8, temperature=0))
+            out = events[-1].response  # completed or incomplete
+        u = out.usage
+        return u.input_tokens, u.input_tokens_details.cached_tokens, u.output_tokens
+
+    (prompt, cached, generated), deltas = moved(server, run)
+    assert generated >= 2, "too short to time the tokens after the first"
+    assert deltas == (prompt, cached, generated, 1, 1)
 
 
 def test_chat_streaming_with_usage(client):
