@@ -106,9 +106,8 @@ def bench_linears(rows_list: list[int], configs: list[tuple[int, int, int]]) -> 
                     row[key] = f"failed: {exc!r}"[:200]
             best = max((v, key) for key, v in row.items()
                        if key.startswith("triton") and isinstance(v, float))
-            # The best tile again with programmatic dependent launch: each GEMV may start
-            # streaming its weights while the one before finishes (independent inputs here,
-            # so this is the most PDL can give back to back).
+            # The best tile again with programmatic dependent launch: each GEMV is launched
+            # while the one before finishes and waits for it in the kernel.
             cfg = tuple(int(v) for v in best[1].removeprefix("triton_").split("x"))
             previous = set_pdl(True)
             try:

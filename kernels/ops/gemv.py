@@ -27,17 +27,17 @@ DEFAULT_CONFIG = (8, 512, 4)
 _ENABLED = False  # set_gemv; the engine sets it from EngineConfig.gemv
 
 
-# One row: the GEMV up to this many output features. On an H100 it beat cuBLAS on every
-# Qwen3-8B projection, gate_up's 24576 included (+6%; a tie on an H200); the LM head's
-# vocabulary-wide matmul stays on cuBLAS, which reads it at copy speed.
-ONE_ROW_MAX_OUT = 32768
+# One row: the GEMV up to this many output features. gate_up (24576) stays on cuBLAS: a tie in
+# the kernel table on an H200 and 2-3% slower in B1 there (+6% in the H100 kernel table, not
+# measured end to end); the LM head's vocabulary-wide matmul reads at copy speed in cuBLAS.
+ONE_ROW_MAX_OUT = 8192
 
 
 def gemv_config(rows: int, out_features: int) -> tuple[int, int, int] | None:
-    """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200 and
-    H100, bf16, Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to
-    ``ONE_ROW_MAX_OUT`` output features (o/down +10-23%, qkv +5%, gate_up +6% on an H100), two
-    rows up to 4096 (+9-14% on an H200); at four rows and on wider layers cuBLAS wins."""
+    """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200, bf16,
+    Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to ``ONE_ROW_MAX_OUT`` output
+    features (o/down +10-23%, qkv +6%), two rows up to 4096 (+9-14%); at four rows and on
+    wider layers cuBLAS wins."""
     if rows == 1 and out_features <= 4096:
         return (4, 512, 4)
     if rows == 1 and out_features <= ONE_ROW_MAX_OUT:
@@ -55,18 +55,6 @@ def set_gemv(enabled: bool) -> bool:
 
 
 @jit
-def _gemv_x(x_ptrs, K, k0, x_mask, SILU_MUL: tl.constexpr, DTYPE: tl.constexpr):
-    """The float32 input tile at ``k0`` (``SILU_MUL``: ``silu(gate) * up`` rounded like
-    ``kernels.ops.silu_mul``)."""
-    x = tl.load(x_ptrs + k0, mask=x_mask, other=0.0).to(tl.float32)
-    if SILU_MUL:
-        up = tl.load(x_ptrs + k0 + K, mask=x_mask, other=0.0).to(tl.float32)
-        act = (x / (1.0 + tl.exp(-x))).to(DTYPE).to(tl.float32)
-        x = (act * up).to(DTYPE).to(tl.float32)
-    return x
-
-
-@jit
 def _gemv_kernel(
     X, W, B, Y, M, N, K, stride_xm, stride_wn, stride_ym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -74,10 +62,11 @@ def _gemv_kernel(
 ):
     """One program: ``BLOCK_N`` output features of all (at most ``BLOCK_M``) rows.
 
-    The weight tile of step ``k`` is loaded before the product of step ``k - 1`` (two tiles in
-    flight), and the first one before ``pdl_wait``: under PDL it streams while the previous
-    kernel finishes. ``SILU_MUL``: each row of ``X`` is ``[gate | up]`` (2K wide) and the input
-    is ``silu(gate) * up``, rounded as ``kernels.ops.silu_mul`` rounds it."""
+    ``SILU_MUL``: each row of ``X`` is ``[gate | up]`` (2K wide) and the input is
+    ``silu(gate) * up``, rounded as ``kernels.ops.silu_mul`` rounds it. (Loading the first
+    weight tile before ``pdl_wait``, one tile ahead of the product, cost 8% of B1 on an H200:
+    docs/benchmarks.md.)"""
+    pdl_wait(USE_PDL)
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -86,29 +75,25 @@ def _gemv_kernel(
     m_mask = offs_m < M
     w_ptrs = W + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     x_ptrs = X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
-    if EVEN:
-        w = tl.load(w_ptrs, eviction_policy="evict_first")
-    else:
-        w = tl.load(w_ptrs, mask=n_mask[:, None] & (offs_k < K)[None, :], other=0.0,
-                    eviction_policy="evict_first")
-    pdl_wait(USE_PDL)
     # Products accumulate elementwise; the one reduction over K happens after the loop.
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         if EVEN:
-            w_next = tl.load(w_ptrs + k0, eviction_policy="evict_first")
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
             x_mask = m_mask[:, None]
         else:
-            w_next = tl.load(w_ptrs + k0, mask=n_mask[:, None] & (k0 + offs_k < K)[None, :],
-                             other=0.0, eviction_policy="evict_first")
-            x_mask = m_mask[:, None] & (k0 - BLOCK_K + offs_k < K)[None, :]
-        x = _gemv_x(x_ptrs, K, k0 - BLOCK_K, x_mask, SILU_MUL, X.dtype.element_ty)
+            k_mask = (k0 + offs_k) < K
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x_mask = m_mask[:, None] & k_mask[None, :]
+        x = tl.load(x_ptrs, mask=x_mask, other=0.0).to(tl.float32)
+        if SILU_MUL:
+            up = tl.load(x_ptrs + K, mask=x_mask, other=0.0).to(tl.float32)
+            act = (x / (1.0 + tl.exp(-x))).to(X.dtype.element_ty).to(tl.float32)
+            x = (act * up).to(X.dtype.element_ty).to(tl.float32)
         acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
-        w = w_next
-    last = tl.cdiv(K, BLOCK_K) * BLOCK_K - BLOCK_K
-    x = _gemv_x(x_ptrs, K, last, m_mask[:, None] & (last + offs_k < K)[None, :], SILU_MUL,
-                X.dtype.element_ty)
-    acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
     y = tl.sum(acc, axis=2)
     if HAS_BIAS:
         y += tl.load(B + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]

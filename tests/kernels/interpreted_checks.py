@@ -119,7 +119,7 @@ def _gemv_silu_mul() -> float:
 check("gemv_1row")(lambda: _gemv(1, 37, 72, False, (8, 32, 1)))
 check("gemv_3rows_bias")(lambda: _gemv(3, 37, 72, True, (4, 64, 1)))
 check("gemv_even")(lambda: _gemv(4, 40, 128, False, (8, 64, 1)))
-# More K tiles than the loop's prologue and epilogue (the weight tile is loaded one step ahead).
+# Several K tiles, masked and unmasked.
 check("gemv_4tiles")(lambda: _gemv(1, 16, 200, False, (8, 64, 1)))
 check("gemv_3tiles_even")(lambda: _gemv(2, 16, 192, True, (8, 64, 1)))
 
