@@ -23,7 +23,9 @@ from engine.loader import load_config
 from engine.tokenizer import load_tokenizer
 from runtime.engine_client import EngineClient
 from runtime.guard import api_error_of
+from runtime.protocol.codec import encode_json
 from runtime.protocol.errors import APIError, authentication, error_body, server_error
+from runtime.protocol.server import Health, Model, ModelList
 from runtime.state import ServerConfig, ServerState
 from sessions.manager import SessionManager, owner_of
 from sessions.stores import StoreUnavailableError, open_store
@@ -93,7 +95,7 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         try:
-            if request.url.path.startswith("/v1/"):
+            if _needs_key(request.url.path):
                 check_key(config, api_key_of(request.headers))
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
@@ -124,16 +126,14 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     @app.get("/health")
     async def health(request: Request):
         state: ServerState = request.app.state.server
-        if not state.engine.is_alive:
-            return JSONResponse({"status": "engine_dead"}, status_code=503)
-        return {"status": "ok"}
+        alive = state.engine.is_alive
+        return _json(Health(status="ok" if alive else "engine_dead"), 200 if alive else 503)
 
     @app.get("/v1/models")
     async def models(request: Request):
         state: ServerState = request.app.state.server
-        return {"object": "list", "data": [{
-            "id": state.model_name, "object": "model", "created": int(time.time()),
-            "owned_by": "agentspeed", "max_model_len": state.ready.max_model_len}]}
+        return _json(ModelList(data=[Model(id=state.model_name, created=int(time.time()),
+                                           max_model_len=state.ready.max_model_len)]))
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -167,6 +167,16 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
         await ws.serve_socket(websocket.app.state.server, websocket)
 
     return app
+
+
+def _needs_key(path: str) -> bool:
+    """The API and the metrics need a key (when keys are set); ``/health`` stays open for
+    liveness probes."""
+    return path.startswith("/v1/") or path == "/metrics"
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(encode_json(body), status_code=status, media_type="application/json")
 
 
 async def _body(request: Request, config: ServerConfig) -> bytes:

@@ -190,11 +190,12 @@ async def get(state: ServerState, response_id: str, owner: str) -> Response:
     return Response(record.response_json, media_type="application/json")
 
 
-async def delete(state: ServerState, response_id: str, owner: str) -> dict:
+async def delete(state: ServerState, response_id: str, owner: str) -> Response:
     try:
         record = await state.sessions.delete(response_id, owner)
         await state.engine.close_session(record.session_id or record.response_id)
     except ResponseNotFoundError:
         raise not_found(f"Response with id '{response_id}' not found.", "response_id") from None
-    return {"id": response_id, "object": "response.deleted", "deleted": True}
+    return Response(encode_json(r.ResponseDeleted(id=response_id)),
+                    media_type="application/json")
 

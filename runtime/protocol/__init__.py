@@ -3,5 +3,6 @@ msgspec Structs, plus the JSON codec that turns bad bodies into 400s naming the 
 
 Modules: ``errors`` (APIError), ``codec`` (encode_json, decode_request), ``chat`` (Chat
 Completions), ``responses`` (Responses request, items, Response), ``response_events`` (Responses
-streaming events), ``websocket`` (WebSocket-mode client envelope and error event).
+streaming events), ``websocket`` (WebSocket-mode client envelope and error event), ``server``
+(model list, health).
 """

@@ -293,3 +293,10 @@ class Response(Struct, tag_field="object", tag="response", kw_only=True):
             metadata=request.metadata or {},
             user=request.user,
         )
+
+
+class ResponseDeleted(Struct, tag_field="object", tag="response", kw_only=True):
+    """``DELETE /v1/responses/{id}``'s reply (OpenAI's shape)."""
+
+    id: str  # the deleted response's id
+    deleted: bool = True

@@ -68,6 +68,11 @@ HTTP_CASES = [
     ("wrong api key", "GET", "/v1/models", None, {"Authorization": "Bearer sk-wrong"}, 401, None,
      "invalid_api_key"),
     ("unknown route", "GET", "/v1/nothing-here", None, AUTH, 404, None, None),
+    ("metrics without a key", "GET", "/metrics", None, {}, 401, None, "invalid_api_key"),
+    ("metrics with a wrong key", "GET", "/metrics", None, {"Authorization": "Bearer sk-wrong"},
+     401, None, "invalid_api_key"),
+    ("delete unknown response", "DELETE", "/v1/responses/resp_nope", None, AUTH, 404,
+     "response_id", None),
 ]
 
 
@@ -169,7 +174,7 @@ def test_server_still_serves_after_the_errors(server, client):
 
 def gauge(server, name):
     """The value of one Prometheus sample, ``name`` exactly as exposed (labels included)."""
-    for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+    for line in httpx.get(server.base_url + "/metrics", headers=AUTH).text.splitlines():
         if line.rsplit(" ", 1)[0] == name:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(name)

@@ -18,7 +18,11 @@ LIMITS = ResponsesWebSocketLimits(max_lanes=4, max_events_per_lane=4096, max_eve
 
 def test_models_health_metrics(server, client):
     assert [m.id for m in client.models.list()] == ["SmolLM2-135M-Instruct"]
-    assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}
+    models = httpx.get(server.base_url + "/v1/models", headers=AUTH).json()
+    assert models["object"] == "list" and [set(m) for m in models["data"]] == [
+        {"id", "object", "created", "owned_by", "max_model_len"}]
+    assert models["data"][0]["object"] == "model" and models["data"][0]["max_model_len"] == 4096
+    assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}  # no key needed
     text = httpx.get(server.base_url + "/metrics", headers=AUTH).text
     assert "agentspeed_kv_pages" in text and "agentspeed_time_to_first_token_seconds" in text
 

@@ -53,7 +53,8 @@ def test_ten_turn_websocket_session_reuses_each_turn(salted):
                 assert usage["input_tokens_details"]["cached_tokens"] >= prev_total - 16, turn
             previous = event["response"]["id"]
             prev_total = usage["input_tokens"] + usage["output_tokens"]
-    metrics = httpx.get(salted.base_url + "/metrics").text
+    metrics = httpx.get(salted.base_url + "/metrics",
+                        headers={"Authorization": f"Bearer {KEYS[0]}"}).text
     assert "agentspeed_live_sessions" in metrics and "agentspeed_prefix_cache_hit_ratio" in metrics
 
 
