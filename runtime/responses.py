@@ -95,16 +95,22 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
 
 async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
               local: MemoryStore | None = None) -> AsyncIterator[msgspec.Struct]:
-    """Events of one turn, ending in completed / incomplete / failed; saves the session."""
-    response = r.Response.start(turn.request, response_id=turn.response_id,
-                                model=state.model_name, created_at=int(time.time()))
-    stream = ResponseStream(response, stream_id)
-    for event in stream.start():
-        yield event
-    start = time.monotonic()
-    final: Finished | None = None
-    try:
-        async with generation_slot(state, "responses"):
+    """Events of one turn, ending in completed / incomplete / failed; saves the session.
+
+    Raises ``APIError`` for what the client must fix or retry rather than failing the response:
+    429 before any event when the server is at its generation limit, and a 4xx the engine finds
+    (a schema it cannot compile) after ``response.in_progress``. Only server-side failures end as
+    ``response.failed``.
+    """
+    async with generation_slot(state, "responses"):
+        response = r.Response.start(turn.request, response_id=turn.response_id,
+                                    model=state.model_name, created_at=int(time.time()))
+        stream = ResponseStream(response, stream_id)
+        for event in stream.start():
+            yield event
+        start = time.monotonic()
+        final: Finished | None = None
+        try:
             hint = SessionHint(turn.session_id, state.config.lease_s, RETENTION_NORMAL)
             events = generate(state.engine, state.tokenizer, turn.response_id, turn.prompt_ids,
                               turn.params, turn.parser if turn.request.generate else None,
@@ -115,24 +121,30 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
                 elif turn.request.generate:
                     for out in stream.on(event):
                         yield out
-    except APIError as err:
-        for out in stream.fail(err.message):
+        except Exception as exc:
+            err = api_error_of(exc)
+            state.metrics.requests.labels("responses", "error").inc()
+            if err.status < 500:
+                if err.param == "response_format":  # the engine's name for it
+                    err = APIError(err.status, err.message, err.type, "text.format", err.code)
+                raise err from None
+            for out in stream.fail(err.message):
+                yield out
+            return
+        assert final is not None
+        if not turn.request.generate:  # a preparation: nothing generated as clients see it
+            final = Finished([], "", [], "stop", final.prompt_tokens, final.cached_tokens)
+        if final.tool_calls:  # the agent now runs a tool: keep its session's KV above others
+            await state.engine.touch_session(turn.session_id, retention=RETENTION_TOOL_WAIT)
+        done = stream.finish(final)
+        # Committed before "completed" leaves: a client that saw it can continue the chain even
+        # if this process dies right after. A store outage raises StoreUnavailableError (503).
+        await save(state, turn, final, response, local)
+        # Counted before "completed" leaves too: a client that saw it finds it in /metrics.
+        state.metrics.requests.labels("responses", "ok").inc()
+        state.metrics.observe_finished(final, start, time.monotonic())
+        for out in done:
             yield out
-        return
-    assert final is not None
-    if not turn.request.generate:  # a preparation: nothing was generated as far as clients see
-        final = Finished([], "", [], "stop", final.prompt_tokens, final.cached_tokens)
-    if final.tool_calls:  # the agent now runs a tool: keep this session's KV above all others
-        await state.engine.touch_session(turn.session_id, retention=RETENTION_TOOL_WAIT)
-    done = stream.finish(final)
-    # Committed before "completed" leaves: a client that saw it can continue the chain even if
-    # this process dies right after. A store outage raises StoreUnavailableError (503).
-    await save(state, turn, final, response, local)
-    # Counted before "completed" leaves too: a client that saw it finds it in /metrics.
-    state.metrics.requests.labels("responses", "ok").inc()
-    state.metrics.observe_finished(final, start, time.monotonic())
-    for out in done:
-        yield out
 
 
 async def save(state: ServerState, turn: Turn, final: Finished, response: r.Response,
@@ -158,7 +170,9 @@ async def handle_http(state: ServerState, body: bytes, owner: str) -> Response:
         raise invalid("stream_id is only meaningful over the WebSocket", "stream_id")
     turn = await prepare(state, request, owner)
     if request.stream:
-        return StreamingResponse(_sse(run(state, turn)), media_type="text/event-stream")
+        events = run(state, turn)
+        first = await anext(events)  # a 429 leaves as a status, before the stream starts
+        return StreamingResponse(_sse(first, events), media_type="text/event-stream")
     last = None
     async for event in run(state, turn):
         last = event
@@ -168,13 +182,19 @@ async def handle_http(state: ServerState, body: bytes, owner: str) -> Response:
     return Response(encode_json(response), media_type="application/json")
 
 
-async def _sse(events: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
-    seq = 0
+def _sse_frame(event: msgspec.Struct) -> bytes:
+    kind = type(event).__struct_config__.tag
+    return b"event: " + kind.encode() + b"\ndata: " + encode_json(event) + b"\n\n"
+
+
+async def _sse(first: msgspec.Struct, events: AsyncIterator[msgspec.Struct]
+               ) -> AsyncIterator[bytes]:
+    yield _sse_frame(first)
+    seq = first.sequence_number + 1
     try:
         async for event in events:
             seq = event.sequence_number + 1
-            kind = type(event).__struct_config__.tag
-            yield b"event: " + kind.encode() + b"\ndata: " + encode_json(event) + b"\n\n"
+            yield _sse_frame(event)
     except Exception as exc:  # e.g. the session store went away: end with an error event
         err = api_error_of(exc)
         event = ErrorEvent(sequence_number=seq, message=err.message, code=err.code,

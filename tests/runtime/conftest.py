@@ -9,12 +9,14 @@ from tests.runtime.server import ServerProcess
 
 API_KEY = "sk-test-owner"
 MAX_CONNECTIONS = 8
+MAX_CONCURRENT = 4  # generations in flight; only the 429 test runs more at once
 
 
 @pytest.fixture(scope="session")
 def server(default_model_path):
     proc = ServerProcess("--num-pages", "1024", "--max-model-len", "4096",
                          "--max-connections", str(MAX_CONNECTIONS),
+                         "--max-concurrent-requests", str(MAX_CONCURRENT),
                          api_keys=(API_KEY, "sk-test-other")).wait_ready()
     yield proc
     proc.stop()

@@ -73,6 +73,10 @@ HTTP_CASES = [
      401, None, "invalid_api_key"),
     ("delete unknown response", "DELETE", "/v1/responses/resp_nope", None, AUTH, 404,
      "response_id", None),
+    ("schema the grammar refuses", "POST", "/v1/responses",
+     {"input": "hi", "max_output_tokens": 4, "text": {"format": {
+         "type": "json_schema", "name": "x", "schema": {"type": "no-such-type"}}}}, AUTH, 400,
+     "text.format", "invalid_value"),
 ]
 
 
@@ -141,6 +145,53 @@ def test_websocket_errors_keep_the_socket_open(server):
         # After all that, the same socket still serves.
         ws.send(json.dumps({"type": "response.create", "input": "hi", "max_output_tokens": 4}))
         assert next_terminal(ws)["type"] in ("response.completed", "response.incomplete")
+
+
+def test_oversized_websocket_frame_gets_413_and_the_socket_keeps_serving(server):
+    with ws_connect(server) as ws:
+        # Over --max-body-bytes (8 MiB by default), under uvicorn's frame limit (4x that).
+        ws.send(json.dumps({"type": "response.create", "input": "x" * (8 << 20)}))
+        event = next_terminal(ws)
+        assert event["type"] == "error" and event["status"] == 413, event
+        assert event["error"]["code"] == "request_too_large"
+        ws.send(json.dumps({"type": "response.create", "input": "hi", "max_output_tokens": 2}))
+        assert next_terminal(ws)["type"] in ("response.completed", "response.incomplete")
+
+
+def test_generations_over_the_limit_get_429_then_the_server_recovers(server):
+    """``MAX_CONCURRENT`` long generations hold every slot; one more over HTTP (chat, Responses
+    JSON and SSE) or on another lane is refused with 429, never failed or queued."""
+    from tests.runtime.conftest import MAX_CONCURRENT
+
+    long = {"type": "response.create", "input": "Write a very long story.", "temperature": 0,
+            "max_output_tokens": 2000, "ignore_eos": True}
+    with ws_connect(server) as ws:
+        for lane in range(MAX_CONCURRENT):
+            ws.send(json.dumps({**long, "stream_id": f"long{lane}"}))
+        running = set()
+        while len(running) < MAX_CONCURRENT:  # every one holds its slot once it streams text
+            event = json.loads(ws.recv(timeout=120))
+            assert event["type"] not in ("error", "response.failed"), event
+            if event["type"] == "response.output_text.delta":
+                running.add(event["stream_id"])
+        for path, body in [("/v1/chat/completions", chat()),
+                           ("/v1/responses", {"input": "hi", "max_output_tokens": 2}),
+                           ("/v1/responses", {"input": "hi", "max_output_tokens": 2,
+                                              "stream": True})]:
+            resp = httpx.post(server.base_url + path, json=body, headers=AUTH, timeout=60)
+            assert resp.status_code == 429, (path, resp.text)
+            assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+        ws.send(json.dumps({"type": "response.create", "input": "hi", "stream_id": "extra"}))
+        while (event := json.loads(ws.recv(timeout=120)))["stream_id"] != "extra":
+            pass
+        assert event["type"] == "error" and event["status"] == 429, event
+    # Closing the socket aborted them (the engine runs none) and freed their slots (the
+    # server counts a socket closed once its responses have ended).
+    wait_for_gauge(server, "agentspeed_running_requests", 0)
+    wait_for_gauge(server, "agentspeed_websocket_connections", 0)
+    out = httpx.post(server.base_url + "/v1/chat/completions", json=chat(), headers=AUTH,
+                     timeout=120)
+    assert out.status_code == 200, out.text
 
 
 def test_websocket_upgrade_needs_a_key(server):
