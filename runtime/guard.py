@@ -19,7 +19,7 @@ from tools.constrained import (
     response_format_grammar,
     tool_call_grammar,
 )
-from tools.parsers.base import ToolCallParser, get_parser
+from tools.parsers import CallsOnly, ToolCallParser, get_parser
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,12 @@ def sampling_for_tools(state: ServerState, params: SamplingParams, tools: list[d
     if choice == "required" and not tools:
         raise invalid("tool_choice 'required' needs at least one tool", "tool_choice")
     parser = get_parser("hermes")() if tools and choice != "none" else None
+    forced = choice == "required" or choice.startswith("function:")
+    if parser is not None and forced:
+        parser = CallsOnly(parser)
     grammar = None
     try:
-        if tools and (choice in ("required",) or choice.startswith("function:")
-                      or (choice == "auto" and strict_tools)):
+        if tools and (forced or (choice == "auto" and strict_tools)):
             functions = [FunctionSchema(t["name"], t.get("parameters")) for t in tools]
             tc = (NamedToolChoice(choice.removeprefix("function:"))
                   if choice.startswith("function:") else choice)

@@ -10,12 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools.parsers import (
+    CallsOnly,
     HermesToolParser,
     ParsedOutput,
     TextDelta,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
+    fold_events,
     get_parser,
 )
 
@@ -427,6 +429,23 @@ def test_cut_off_output() -> None:
     assert summary(parsed) == ("", [("f", '{"city": "Pa')])
     parsed = parse_checked('<tool_call>{"name": "f", "arguments": {}}\n</tool_c')
     assert summary(parsed) == ("", [("f", "{}")])
+
+
+def test_calls_only_drops_the_markup_of_a_call_cut_before_it_committed() -> None:
+    """Under a forced tool_choice the grammar admits only calls: the 135M model's second call,
+    cut by max_tokens right after its open tag, is not content (the bare parser says it is)."""
+    call = '<tool_call>\n{"name": "f", "arguments": {"city": "Paris"}}\n</tool_call>'
+    for tail in ("\n<tool_call>", '\n<tool_call>\n{"na', '\n<tool_call>\n{"name": "f'):
+        assert parse_checked(call + tail).content == tail
+        for cuts in ([], [5, 40, len(call) + 3]):
+            bounds = [0, *cuts, len(call + tail)]
+            parser = CallsOnly(HermesToolParser())
+            events = []
+            for lo, hi in zip(bounds, bounds[1:]):
+                events += parser.feed((call + tail)[lo:hi])
+            events += parser.finish()
+            assert not any(isinstance(e, TextDelta) for e in events), (tail, cuts)
+            assert summary(fold_events(events)) == ("", [("f", '{"city": "Paris"}')])
 
 
 def test_missing_close_tag() -> None:

@@ -1,6 +1,7 @@
 """Streaming tool-call parsers, picked by name with ``get_parser``."""
 
 from tools.parsers.base import (
+    CallsOnly,
     ParsedOutput,
     ParsedToolCall,
     ParserEvent,
@@ -18,6 +19,7 @@ from tools.parsers.base import (
 from tools.parsers.hermes import HermesToolParser
 
 __all__ = [
+    "CallsOnly",
     "HermesToolParser",
     "ParsedOutput",
     "ParsedToolCall",

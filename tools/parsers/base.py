@@ -117,6 +117,22 @@ class ToolCallParser(ABC):
         return fold_events(events)
 
 
+class CallsOnly(ToolCallParser):
+    """``inner`` for output that constrained decoding limits to tool calls (``tool_choice``
+    required or named). Text can then only be markup of a call the output cut off before the
+    call committed (``finish_reason == "length"`` right after ``<tool_call>``), never content:
+    it is dropped instead of being shown as the assistant's text."""
+
+    def __init__(self, inner: ToolCallParser) -> None:
+        self.inner = inner
+
+    def feed(self, text_delta: str) -> list[ParserEvent]:
+        return [e for e in self.inner.feed(text_delta) if not isinstance(e, TextDelta)]
+
+    def finish(self) -> list[ParserEvent]:
+        return [e for e in self.inner.finish() if not isinstance(e, TextDelta)]
+
+
 _P = TypeVar("_P", bound=type[ToolCallParser])
 _REGISTRY: dict[str, type[ToolCallParser]] = {}
 
