@@ -123,7 +123,7 @@ def test_seed_repeats_a_sampled_answer(client):
 
     def sample(seed):
         return complete(client, False, messages=messages, temperature=1.0, seed=seed,
-                        max_tokens=24)["content"]
+                        max_tokens=12)["content"]
 
     first = sample(7)
     assert sample(7) == first
@@ -132,10 +132,10 @@ def test_seed_repeats_a_sampled_answer(client):
 
 def test_tiny_top_p_samples_the_greedy_answer(client):
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
-    greedy = complete(client, False, messages=messages, max_tokens=24)
-    nucleus = complete(client, False, messages=messages, max_tokens=24, temperature=1.0,
+    greedy = complete(client, False, messages=messages, max_tokens=12)
+    nucleus = complete(client, False, messages=messages, max_tokens=12, temperature=1.0,
                        top_p=1e-6, seed=3)
-    loose = complete(client, False, messages=messages, max_tokens=24, temperature=1.0,
+    loose = complete(client, False, messages=messages, max_tokens=12, temperature=1.0,
                      top_p=1.0, seed=3)
     assert nucleus["content"] == greedy["content"]
     assert loose["content"] != greedy["content"]  # at temperature 1 only top_p made them equal
