@@ -194,8 +194,9 @@ class _Loop:
             num_cached_tokens=sched.stats.num_cached_tokens,
             num_preemptions=sched.stats.num_preemptions,
             num_evicted_pages=sched.stats.num_evicted_pages,
-            num_evicted_session_pages=sched.cache.evicted_by_class["session"],
-            num_sessions=len(set(pins.pins) | set(pins.host)),
+            num_evicted_session_pages=sum(n for name, n in sched.cache.evicted_by_class.items()
+                                          if name != "plain"),
+            num_sessions=pins.num_live_sessions,
             num_pinned_pages=pins.num_pinned_pages, num_host_pages=pins.num_host_pages,
             num_demotions=pins.stats.num_demotions, num_prefetches=pins.stats.num_prefetches,
             prefetch_seconds=self.core.runner.host_tier.total_prefetch_s,

@@ -9,10 +9,13 @@ its own: a few slots copied instead of recomputed, and the cached page stays imm
 
 Ownership: pages in the tree belong to the tree; a request that matched a prefix holds a lock on
 its deepest node (``lock``/``unlock``), which keeps that node, its ancestors and their tails from
-eviction. Unlocked pages are evicted in the order (how many sessions use them, least recently
-used), leaves (and tails) before the nodes above them: pages no session uses go first, then
-those of a single (expired or demoted) session, shared session prefixes last. Time is a logical
-clock so eviction order is deterministic.
+eviction. A live session holds a ``CacheRef`` on its path instead (``add_ref``): it weighs the
+path's pages in eviction order without keeping them; dropping it (the session expired or was
+deleted) leaves the path marked *retired*. Unlocked pages are evicted by rank (``RANK_*``: pages
+no session ever used, then retired ones, then those of idle sessions, then those of pinned
+sessions demoted under pressure), then by how many live sessions share them (a system prompt
+used by many outlives a suffix used by one), then least recently used; leaves (and tails) before
+the nodes above them. Time is a logical clock so eviction order is deterministic.
 
 Namespaces (a per-tenant cache salt) get separate roots: nothing is ever shared across them.
 """
@@ -23,10 +26,17 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
+# Eviction ranks, first evicted first. A node's rank is the highest rank of the refs on its
+# subtree, else RETIRED if a session's path ever ran through it; RANK_PINNED pages are locked
+# unless their pin was demoted to make room.
+RANK_PLAIN, RANK_RETIRED, RANK_IDLE, RANK_PINNED = 0, 1, 2, 3
+# By rank; the keys of ``evicted_by_class``. "expired": sessions past their lease or deleted.
+RANK_NAMES = ("plain", "expired", "idle", "pinned")
+
 
 class RadixNode:
     __slots__ = ("key", "pages", "parent", "children", "lock_ref", "last_access", "tail_key",
-                 "tail_page", "uid", "session_refs")
+                 "tail_page", "uid", "refs", "ref_counts", "retired")
 
     def __init__(self, key: tuple[int, ...], pages: list[int], parent: RadixNode | None,
                  uid: int) -> None:
@@ -39,11 +49,40 @@ class RadixNode:
         self.tail_key: tuple[int, ...] = ()  # 0 < len < page_size tokens following ``key``
         self.tail_page: int | None = None
         self.uid = uid  # creation order, the tie-breaker of LRU
-        self.session_refs = 0  # sessions whose pinned path runs through here (eviction weight)
+        self.refs: list[CacheRef] = []  # refs whose path ends here
+        # (len(RANK_NAMES),) refs ending here or below, by rank: the eviction weight
+        self.ref_counts = [0] * len(RANK_NAMES)
+        self.retired = False  # a dropped ref's path ran through here (bounded: a flag, no count)
 
     @property
     def num_owned_pages(self) -> int:
         return len(self.pages) + (self.tail_page is not None)
+
+    @property
+    def evict_key(self) -> tuple[int, int, int, int, int]:
+        """Smallest goes first: rank, refs of that rank, all refs, last access, creation."""
+        counts = self.ref_counts
+        if counts[RANK_PINNED] or counts[RANK_IDLE]:
+            rank = RANK_PINNED if counts[RANK_PINNED] else RANK_IDLE
+        else:
+            rank = RANK_RETIRED if self.retired else RANK_PLAIN
+        return rank, counts[rank], sum(counts), self.last_access, self.uid
+
+
+class CacheRef:
+    """A claim on a cached path that weighs its pages in eviction order without locking them.
+
+    Made by ``RadixCache.add_ref`` and owned by the caller, who must ``drop_ref`` it when done.
+    When the deepest pages of the path are evicted the cache moves the ref up to what is left
+    (the rest of the path keeps its weight); ``node`` is None once nothing of the path is left.
+    Refs are for live sessions only, so there are never more of them than live sessions.
+    """
+
+    __slots__ = ("node", "rank")
+
+    def __init__(self, node: RadixNode | None, rank: int) -> None:
+        self.node = node  # deepest cached node of the path; None: the path is gone
+        self.rank = rank  # RANK_IDLE or RANK_PINNED
 
 
 @dataclass
@@ -71,7 +110,7 @@ class RadixCache:
         self.root = self._root("")
         self.num_cached_pages = 0
         self.num_evictable_pages = 0
-        self.evicted_by_class = {"plain": 0, "session": 0}  # pages, by whether a session used them
+        self.evicted_by_class = dict.fromkeys(RANK_NAMES, 0)  # pages evicted, by rank name
 
     def _root(self, namespace: str) -> RadixNode:
         root = self.roots.get(namespace)
@@ -129,7 +168,8 @@ class RadixCache:
         assert parent is not None and 0 < num_pages < len(child.pages), "bad split"
         upper = RadixNode(child.key[:cut], child.pages[:num_pages], parent, next(self._uids))
         upper.lock_ref = child.lock_ref
-        upper.session_refs = child.session_refs
+        upper.ref_counts = list(child.ref_counts)  # the refs stay below, on ``child``
+        upper.retired = child.retired
         upper.last_access = child.last_access
         parent.children[child.key[: self.page_size]] = upper
         child.key, child.pages, child.parent = child.key[cut:], child.pages[num_pages:], upper
@@ -157,13 +197,44 @@ class RadixCache:
                 self.num_evictable_pages += node.num_owned_pages
             node = node.parent
 
-    # --------------------------------------------------------------- inserting
-    def add_session_ref(self, node: RadixNode, delta: int) -> None:
-        """Count a session's pinned path (+1) or forget it (-1) on ``node`` and its ancestors."""
-        while node is not None:
-            node.session_refs = max(0, node.session_refs + delta)
+    # -------------------------------------------------------------------- refs
+    def add_ref(self, node: RadixNode, rank: int) -> CacheRef:
+        """Weigh the path root .. ``node`` with a new ref of ``rank`` (a root: nothing to weigh)."""
+        assert rank in (RANK_IDLE, RANK_PINNED), f"bad rank {rank}"
+        if node.parent is None:
+            return CacheRef(None, rank)
+        ref = CacheRef(node, rank)
+        node.refs.append(ref)
+        self._count_ref(node, rank, +1)
+        return ref
+
+    def set_rank(self, ref: CacheRef, rank: int) -> None:
+        assert rank in (RANK_IDLE, RANK_PINNED), f"bad rank {rank}"
+        if ref.node is not None:
+            self._count_ref(ref.node, ref.rank, -1)
+            self._count_ref(ref.node, rank, +1)
+        ref.rank = rank
+
+    def drop_ref(self, ref: CacheRef) -> None:
+        """Forget ``ref``; what is left of its path now ranks as retired (unless live refs or
+        locks keep it)."""
+        node, ref.node = ref.node, None
+        if node is None:
+            return
+        node.refs.remove(ref)
+        self._count_ref(node, ref.rank, -1)
+        while node.parent is not None:
+            node.retired = True
             node = node.parent
 
+    @staticmethod
+    def _count_ref(node: RadixNode, rank: int, delta: int) -> None:
+        while node.parent is not None:  # roots carry no weight: they are never evicted
+            node.ref_counts[rank] += delta
+            assert node.ref_counts[rank] >= 0, "ref count below zero"
+            node = node.parent
+
+    # --------------------------------------------------------------- inserting
     def insert(self, token_ids: list[int], pages: list[int], namespace: str = "") -> list[int]:
         """Hand ``pages`` (holding the KV of ``token_ids``) to the tree.
 
@@ -220,19 +291,21 @@ class RadixCache:
 
     # ---------------------------------------------------------------- eviction
     def evict(self, num_pages: int) -> list[int]:
-        """Free at least ``num_pages`` unlocked pages (fewer if not enough); LRU leaves first."""
+        """Free at least ``num_pages`` unlocked pages (fewer if not enough), lowest
+        ``RadixNode.evict_key`` first, leaves before their parents."""
         freed: list[int] = []
-        heap = [(n.session_refs, n.last_access, n.uid, n) for n in self._evictable_units()]
+        heap = [(n.evict_key, n) for n in self._evictable_units()]
         heapq.heapify(heap)
         while heap and len(freed) < num_pages:
-            _, _, _, node = heapq.heappop(heap)
+            _, node = heapq.heappop(heap)
             if node.parent is None or node.lock_ref:
                 continue  # already evicted through another heap entry
+            rank_name = RANK_NAMES[node.evict_key[0]]
             if node.children:  # an internal node: only its tail goes
                 if node.tail_page is None:
                     continue
                 freed.append(node.tail_page)
-                self.evicted_by_class["session" if node.session_refs else "plain"] += 1
+                self.evicted_by_class[rank_name] += 1
                 node.tail_key, node.tail_page = (), None
                 self.num_cached_pages -= 1
                 self.num_evictable_pages -= 1
@@ -242,14 +315,19 @@ class RadixCache:
                 freed.append(node.tail_page)
             self.num_cached_pages -= node.num_owned_pages
             self.num_evictable_pages -= node.num_owned_pages
-            self.evicted_by_class["session" if node.session_refs else "plain"] += (
-                node.num_owned_pages)
+            self.evicted_by_class[rank_name] += node.num_owned_pages
             parent = node.parent
             del parent.children[node.key[: self.page_size]]
             node.parent = None
+            # The refs now end at what is left of their paths; the parent's counts already
+            # include them. At a root nothing is left.
+            for ref in node.refs:
+                ref.node = parent if parent.parent is not None else None
+            if parent.parent is not None:
+                parent.refs.extend(node.refs)
+            node.refs = []
             if parent.lock_ref == 0 and not parent.children:
-                heapq.heappush(heap, (parent.session_refs, parent.last_access, parent.uid,
-                                      parent))
+                heapq.heappush(heap, (parent.evict_key, parent))
         return freed
 
     def _evictable_units(self) -> list[RadixNode]:
@@ -278,9 +356,10 @@ class RadixCache:
         pages = self.all_pages()
         assert len(pages) == len(set(pages)), "a page is owned twice by the tree"
         assert len(pages) == self.num_cached_pages, "cached page counter drifted"
-        evictable, stack = 0, list(self.roots.values())
+        evictable, stack, order = 0, list(self.roots.values()), []
         while stack:
             node = stack.pop()
+            order.append(node)
             for first, child in node.children.items():
                 assert child.parent is node and child.key[: self.page_size] == first, "bad edge"
                 assert len(child.key) == len(child.pages) * self.page_size, "key/pages mismatch"
@@ -288,7 +367,18 @@ class RadixCache:
                 stack.append(child)
             if node.lock_ref == 0:
                 evictable += node.num_owned_pages
+            assert all(ref.node is node for ref in node.refs), "a ref points elsewhere"
+            assert node.parent is not None or not node.refs, "a ref on a root"
         assert evictable == self.num_evictable_pages, "evictable page counter drifted"
+        for node in reversed(order):  # children before parents: counts are subtree sums
+            if node.parent is None:
+                continue
+            counts = [0] * len(RANK_NAMES)
+            for ref in node.refs:
+                counts[ref.rank] += 1
+            for child in node.children.values():
+                counts = [a + b for a, b in zip(counts, child.ref_counts)]
+            assert counts == node.ref_counts, f"ref counts drifted: {node.ref_counts} != {counts}"
 
 
 def _common_len(a: tuple[int, ...] | list[int], b: list[int] | tuple[int, ...]) -> int:

@@ -17,7 +17,7 @@ from engine.config import SchedulerConfig
 from engine.page_pool import PagePool
 from engine.radix_cache import RadixCache
 from engine.request import FinishReason, Request, RequestStatus
-from engine.session_pins import Prefetch, SessionOps, SessionPins
+from engine.session_pins import SessionKV, SessionOps, SessionPins
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +70,19 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.stats = SchedulerStats()
-        self.sessions = SessionPins(self.cache, config.pin_budget_pages, config.host_tier_pages)
+        # Sessions' KV only through this interface (and prefix matching through its handles).
+        self.sessions: SessionKV = SessionPins(self.cache, config.pin_budget_pages,
+                                               config.host_tier_pages)
         self._pending_ops = SessionOps()  # from pins set between steps
         self._step_ops = SessionOps()
 
     # ---------------------------------------------------------------- sessions
     def touch_session(self, session_id: str, lease_s: float | None = None,
                       retention: int | None = None) -> None:
-        self.sessions.touch(session_id, lease_s, retention)
+        self.sessions.renew(session_id, lease_s, retention)
 
     def close_session(self, session_id: str) -> None:
-        self.sessions.close(session_id, self._pending_ops)
+        self.sessions.unpin(session_id, self._pending_ops)
 
     @property
     def max_request_len(self) -> int:
@@ -112,7 +114,7 @@ class Scheduler:
         self._pending_ops = SessionOps()
         self._step_ops = out.session_ops  # pins demoted under pressure back up in this step
         if self.config.enable_prefix_caching:
-            self.sessions.maintain(out.session_ops)
+            self.sessions.demote(out.session_ops)  # leases and the pin budget
         budget = self.config.max_num_batched_tokens
         preempted = False
         i = 0
@@ -216,12 +218,15 @@ class Scheduler:
         ps = self.config.page_size
         num_cached, shared, partial = 0, [], None
         if self.config.enable_prefix_caching:
-            if request.session is not None:
-                self._prefetch(request, out.session_ops)
             # Leave at least one token to compute: its logits give the next token.
-            match = self.cache.match_prefix(request.all_ids[: request.num_tokens - 1],
-                                            request.cache_salt)
-            self.cache.lock(match.lock_node)
+            prefix = request.all_ids[: request.num_tokens - 1]
+            if request.session is not None:
+                hint = request.session
+                self.sessions.renew(hint.session_id, hint.lease_s)  # a turn renews the lease
+                self.sessions.prefetch(hint.session_id, request.cache_salt, prefix,
+                                       self._allocate, out.session_ops)
+            match = self.sessions.match(prefix, request.cache_salt)
+            self.sessions.lock(match.lock_node)
             request.lock_node = match.lock_node
             shared, num_cached = match.pages, match.num_tokens
             if match.partial_len:
@@ -243,37 +248,13 @@ class Scheduler:
         request.status = RequestStatus.RUNNING
         return num_new
 
-    def _prefetch(self, request: Request, ops: SessionOps) -> None:
-        """Bring back from the host tier what the cache lost of this session's path."""
-        copy = self.sessions.host_copy_for(request.session.session_id, request.cache_salt,
-                                           request.all_ids[: request.num_tokens - 1])
-        if copy is None:
-            return
-        ps = self.config.page_size
-        match = self.cache.match_prefix(copy.token_ids, request.cache_salt)
-        have = len(match.pages)
-        need = copy.num_pages - have
-        if need > 0:
-            self.cache.lock(match.lock_node)  # our allocation must not evict what we extend
-            pages = self._allocate(need)
-            if pages is not None:
-                ops.prefetches.append(Prefetch(copy.session_id, list(range(have, copy.num_pages)),
-                                               pages))
-                to_free = self.cache.insert(copy.token_ids[: copy.num_pages * ps],
-                                            match.pages + pages, request.cache_salt)
-                assert not to_free, "prefetched pages duplicated cached ones"
-                self.sessions.stats.num_prefetches += 1
-                self.sessions.stats.num_prefetched_pages += need
-            self.cache.unlock(match.lock_node)
-        self.sessions._drop_host(copy.session_id, ops)
-
     def _allocate(self, num: int) -> list[int] | None:
         if self.pool.num_free < num:
             short = self.pool.num_free + self.cache.num_evictable_pages < num
-            if short and self.sessions.pins and len(self.running) <= 1:
+            if short and len(self.running) <= 1:
                 # Pins never block progress: when no other running request could free pages
                 # (by finishing or being preempted), demote pins (back up, unlock) for room.
-                self.sessions.demote_until(num - self.pool.num_free, self._step_ops)
+                self.sessions.demote(self._step_ops, num - self.pool.num_free)
             if self.pool.num_free + self.cache.num_evictable_pages < num:
                 return None
             freed = self.cache.evict(num - self.pool.num_free)
@@ -349,7 +330,7 @@ class Scheduler:
             to_free = pages[request.num_shared_pages :]
         self.pool.free(to_free)
         if request.lock_node is not None:
-            self.cache.unlock(request.lock_node)
+            self.sessions.unlock(request.lock_node)
         request.page_ids, request.num_shared_pages, request.lock_node = [], 0, None
         request.num_computed_tokens = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.page_pool import OutOfPagesError, PagePool
-from engine.radix_cache import RadixCache
+from engine.radix_cache import RANK_IDLE, RANK_PINNED, RadixCache
 
 PS = 4
 
@@ -130,3 +130,58 @@ def test_partial_match_into_a_long_child_locks_only_the_copied_page():
     assert sorted(cache.evict(3)) == [3, 4, 5]
     cache.unlock(match.lock_node)
     cache.check_integrity()
+
+
+def _path_node(cache, tokens):
+    return cache.match_prefix(tokens).node
+
+
+def test_eviction_rank_plain_then_retired_then_idle_then_pinned_whatever_lru():
+    cache = RadixCache(PS)
+    paths = {name: [base + t for t in range(8)]
+             for name, base in (("plain", 0), ("retired", 100), ("idle", 200), ("pinned", 300))}
+    for i, tokens in enumerate(paths.values()):
+        cache.insert(tokens, [2 * i + 1, 2 * i + 2])  # plain [1, 2] ... pinned [7, 8]
+    cache.drop_ref(cache.add_ref(_path_node(cache, paths["retired"]), RANK_IDLE))
+    idle = cache.add_ref(_path_node(cache, paths["idle"]), RANK_IDLE)
+    pinned = cache.add_ref(_path_node(cache, paths["pinned"]), RANK_PINNED)
+    for name in ("pinned", "idle", "retired", "plain"):  # LRU alone would go the other way
+        cache.match_prefix(paths[name])
+    assert [cache.evict(1) for _ in range(4)] == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert cache.evicted_by_class == {"plain": 2, "expired": 2, "idle": 2, "pinned": 2}
+    assert idle.node is None and pinned.node is None  # nothing of their paths is left
+    cache.check_integrity()
+
+
+def test_prefix_shared_by_two_sessions_outlives_a_path_used_by_one():
+    cache = RadixCache(PS)
+    system = list(range(8))  # two pages every session of the first kind starts with
+    a, b, q = system + [50, 51, 52, 53], system + [60, 61, 62, 63], list(range(100, 108))
+    cache.insert(a, [1, 2, 3])
+    assert cache.insert(b, [9, 10, 4]) == [9, 10]
+    cache.insert(q, [5, 6])
+    refs = [cache.add_ref(_path_node(cache, path), RANK_IDLE) for path in (a, b, q)]
+    shared = _path_node(cache, system)
+    assert shared.ref_counts[RANK_IDLE] == 2
+    cache.match_prefix(q)  # q is the most recently used: LRU alone would keep it longest
+    assert cache.evict(1) == [3] and cache.evict(1) == [4]  # the per-session suffixes first
+    assert refs[0].node is shared and refs[1].node is shared  # their refs moved up the path
+    assert cache.evict(1) == [5, 6]  # used by one session: goes before the shared prefix
+    assert cache.evict(1) == [1, 2]
+    assert all(ref.node is None for ref in refs)
+    cache.check_integrity()
+
+
+def test_ref_counts_stay_exact_through_split_rank_change_and_drop():
+    cache = RadixCache(PS)
+    cache.insert(list(range(12)), [1, 2, 3])
+    ref = cache.add_ref(_path_node(cache, list(range(12))), RANK_PINNED)
+    cache.match_prefix([0, 1, 2, 3, 4, 5, 6, 7, 70])  # splits the node the ref ends at
+    upper = _path_node(cache, list(range(4)))
+    assert upper is not ref.node and upper.ref_counts[RANK_PINNED] == 1
+    cache.check_integrity()
+    cache.set_rank(ref, RANK_IDLE)
+    assert upper.ref_counts[RANK_PINNED] == 0 and upper.ref_counts[RANK_IDLE] == 1
+    cache.drop_ref(ref)
+    cache.check_integrity()
+    assert upper.ref_counts == [0, 0, 0, 0] and upper.retired and upper.evict_key[0] == 1

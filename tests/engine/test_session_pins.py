@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from engine.config import SchedulerConfig
+from engine.radix_cache import RANK_IDLE, RANK_PINNED
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
-from engine.session_pins import RETENTION_NORMAL, RETENTION_TOOL_WAIT, SessionHint
+from engine.session_pins import (
+    RETENTION_NORMAL,
+    RETENTION_TOOL_WAIT,
+    Backup,
+    SessionHint,
+    SessionKV,
+)
 from tests.engine.test_scheduler import next_token
 
 PS = 4
@@ -20,9 +27,9 @@ class Clock:
         return self.now
 
 
-def make(num_pages=24, budget=64, host=64, max_seqs=8):
+def make(num_pages=24, budget=64, host=64, max_seqs=8, batch=64):
     sched = Scheduler(SchedulerConfig(num_pages=num_pages, page_size=PS, max_model_len=256,
-                                      max_num_seqs=max_seqs, max_num_batched_tokens=64,
+                                      max_num_seqs=max_seqs, max_num_batched_tokens=batch,
                                       pin_budget_pages=budget, host_tier_pages=host))
     clock = Clock()
     sched.sessions.clock = clock
@@ -172,3 +179,140 @@ def test_pins_never_block_admission():
     outs = drain(sched)
     assert big.is_finished and big.finish_reason.value == "length"
     assert ops_of(outs, "backups")  # the pins it needed room from went to the host tier
+
+
+def turn(sched, rid, tokens, session, **kw):
+    """One finished request; returns the tokens it left KV for (prompt + output but the last)."""
+    r = req(rid, tokens, session=session, **kw)
+    sched.add(r)
+    drain(sched)
+    return r.all_ids[: r.num_tokens - 1]
+
+
+def test_counts_return_to_zero_after_expiry_then_close():
+    sched, clock = make()
+    kv = turn(sched, "a", prompt(100, 12), "s1", lease=1.0)
+    node = sched.cache.match_prefix(kv).node
+    assert node.ref_counts[RANK_PINNED] == 1 and sched.sessions.num_live_sessions == 1
+    clock.now += 5
+    out = sched.schedule()  # the lease is over: backed up, unlocked, no longer a live session
+    assert [b.session_id for b in out.session_ops.backups] == ["s1"]
+    assert node.ref_counts == [0, 0, 0, 0] and node.evict_key[0] == 1  # ranks as expired
+    assert sched.sessions.num_live_sessions == 0 and sched.sessions.num_host_sessions == 1
+    sched.close_session("s1")
+    assert sched.schedule().session_ops.host_drops == ["s1"]
+    assert sched.sessions.num_host_sessions == 0 and sched.sessions.stats.num_expired == 1
+    sched.check_integrity()
+
+
+def test_close_of_an_idle_session_drops_its_weight():
+    sched, _ = make(budget=0)  # every pin is demoted at the next step
+    kv = turn(sched, "a", prompt(100, 12), "s1")
+    sched.schedule()
+    node = sched.cache.match_prefix(kv).node
+    assert not sched.sessions.pins["s1"].pinned and node.ref_counts[RANK_IDLE] == 1
+    sched.close_session("s1")
+    assert node.ref_counts == [0, 0, 0, 0] and sched.sessions.num_live_sessions == 0
+    assert sched.sessions.stats.num_closed == 1
+    sched.check_integrity()
+
+
+def test_repin_after_demotion_counts_the_session_once():
+    for budget, lease, wait in ((0, 60.0, 0), (64, 1.0, 5)):  # demoted idle; lease expired
+        sched, clock = make(budget=budget)
+        kv = turn(sched, "a", prompt(100, 12), "s1", lease=lease)
+        clock.now += wait
+        sched.schedule()
+        assert not sched.sessions.pins.get("s1") or not sched.sessions.pins["s1"].pinned
+        kv2 = turn(sched, "b", kv + [7, 8, 9], "s1", lease=lease)
+        shared = sched.cache.match_prefix(kv[:8]).node
+        assert sum(shared.ref_counts) == 1, (budget, shared.ref_counts)
+        assert sched.cache.match_prefix(kv2).node.refs == [sched.sessions.pins["s1"].ref]
+        sched.check_integrity()
+
+
+def test_demoted_pins_go_once_device_and_host_copies_are_gone():
+    sched, clock = make(budget=0, host=3)  # one 2-page host copy at a time
+    for i in range(5):
+        turn(sched, f"r{i}", prompt(100 * (i + 1), 8), f"x{i}")
+    sched.schedule()
+    assert sched.sessions.num_live_sessions == 5  # idle: leases running
+    assert list(sched.sessions.host) == ["x4"]
+    sched.pool.free(sched.cache.evict(10**6))  # nothing is left on the device
+    sched.schedule()
+    assert list(sched.sessions.pins) == ["x4"]  # the only one that can still come back
+    clock.now += 61  # ... until its lease is over
+    sched.schedule()
+    assert sched.sessions.num_live_sessions == 0 and list(sched.sessions.host) == ["x4"]
+    sched.check_integrity()
+
+
+def test_expired_leases_are_not_live_sessions():
+    sched, clock = make()
+    for i in range(5):
+        turn(sched, f"r{i}", prompt(100 * (i + 1), 8), f"x{i}", lease=1.0)
+    assert sched.sessions.num_live_sessions == 5
+    clock.now += 10**6
+    sched.schedule()
+    assert sched.sessions.pins == {} and sched.sessions.stats.num_expired == 5
+    assert sched.sessions.num_host_sessions == 5  # the copies stay (LRU within the host tier)
+
+
+def test_eviction_order_plain_expired_deleted_idle_then_pinned_exact_pages():
+    sched, clock = make(budget=3, batch=128)  # room for one 2-page pin
+    kvs = {"P": turn(sched, "P", prompt(100, 8), None)}  # 9 KV tokens: 2 pages + a tail
+    for sid, lease, retention in (("E", 1.0, 1), ("D", 60.0, 1), ("I", 60.0, 1),
+                                  ("K", 60.0, RETENTION_TOOL_WAIT)):
+        kvs[sid] = turn(sched, sid, prompt(100 * (len(kvs) + 1), 8), sid, lease=lease,
+                        retention=retention)
+    sched.close_session("D")
+    clock.now += 5  # E's lease is over
+    sched.schedule()
+    assert [sid for sid, p in sched.sessions.pins.items() if p.pinned] == ["K"]
+    pages = {}
+    for sid in ("K", "I", "E", "D", "P"):  # touched in this order: LRU alone evicts K first
+        m = sched.cache.match_prefix(kvs[sid])
+        pages[sid] = m.pages + [m.partial_page]
+    freed = [sched.cache.evict(1) for _ in range(5)]
+    # Expired and deleted share a class, LRU within it; K is pinned.
+    assert freed == [pages["P"], pages["E"], pages["D"], pages["I"], []]
+    for f in freed:
+        sched.pool.free(f)
+    big = req("big", prompt(5000, 84), max_tokens=1)  # 21 pages; 20 are free
+    sched.add(big)
+    out = sched.schedule()
+    assert out.session_ops.backups == [Backup("K", pages["K"][:2])]  # demoted for room...
+    assert set(pages["K"]) <= set(big.page_ids)  # ... and evicted last
+    assert sched.cache.evicted_by_class == {"plain": 3, "expired": 6, "idle": 3, "pinned": 3}
+    sched.check_integrity()
+
+
+def test_a_turn_renews_the_lease():
+    sched, clock = make()
+    kv = turn(sched, "a", prompt(100, 12), "s1", lease=60.0)
+    assert sched.sessions.pins["s1"].expires_at == 1060.0
+    clock.now += 50
+    turn(sched, "b", kv + [7, 8], "s1", lease=60.0)
+    assert sched.sessions.pins["s1"].expires_at == 1110.0
+    clock.now = 1070.0  # past the first lease, inside the renewed one
+    assert sched.schedule().session_ops.backups == []
+    assert sched.sessions.pins["s1"].pinned
+    sched.touch_session("s1", lease_s=100.0)  # renewed by hand (the server does after a turn)
+    clock.now = 1111.0
+    assert sched.schedule().session_ops.backups == [] and sched.sessions.pins["s1"].pinned
+    clock.now = 1171.0
+    assert [b.session_id for b in sched.schedule().session_ops.backups] == ["s1"]
+    assert sched.sessions.num_live_sessions == 0
+
+
+def test_scheduler_reaches_sessions_only_through_the_interface():
+    import inspect
+    import re
+
+    import engine.scheduler as scheduler_module
+
+    source = inspect.getsource(scheduler_module)
+    used = set(re.findall(r"self\.sessions\.(\w+)", source))
+    interface = {name for name in vars(SessionKV) if not name.startswith("_")}
+    assert used <= interface, f"the scheduler uses {used - interface} outside SessionKV"
+    assert {"match", "lock", "unlock", "pin", "renew", "unpin", "demote", "prefetch"} <= used
