@@ -186,6 +186,8 @@ class _Loop:
         sched = self.core.scheduler
         pins = sched.sessions
         spec = self.core.spec.stats if self.core.spec is not None else SpecStats()
+        evicted = sched.cache.evicted_by_class
+        host_tier = self.core.runner.host_tier
         return EngineStats(
             num_running=len(sched.running), num_waiting=len(sched.waiting),
             num_free_pages=sched.pool.num_free, num_cached_pages=sched.cache.num_cached_pages,
@@ -194,12 +196,15 @@ class _Loop:
             num_cached_tokens=sched.stats.num_cached_tokens,
             num_preemptions=sched.stats.num_preemptions,
             num_evicted_pages=sched.stats.num_evicted_pages,
-            num_evicted_session_pages=sum(n for name, n in sched.cache.evicted_by_class.items()
-                                          if name != "plain"),
-            num_sessions=pins.num_live_sessions,
+            num_evicted_session_pages=sum(n for name, n in evicted.items() if name != "plain"),
+            num_evicted_pages_by_class=dict(evicted),
+            num_sessions=pins.num_live_sessions, num_host_sessions=pins.num_host_sessions,
             num_pinned_pages=pins.num_pinned_pages, num_host_pages=pins.num_host_pages,
-            num_demotions=pins.stats.num_demotions, num_prefetches=pins.stats.num_prefetches,
-            prefetch_seconds=self.core.runner.host_tier.total_prefetch_s,
+            num_demotions=pins.stats.num_demotions, num_expired_leases=pins.stats.num_expired,
+            num_prefetches=pins.stats.num_prefetches,
+            num_prefetched_pages=pins.stats.num_prefetched_pages,
+            prefetch_seconds=host_tier.total_prefetch_s,
+            prefetch_seconds_buckets=list(host_tier.prefetch_buckets),
             num_spec_verify_steps=spec.num_verify_steps,
             num_spec_draft_tokens=spec.num_draft_tokens,
             num_spec_accepted_tokens=spec.num_accepted_tokens)

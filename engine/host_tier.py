@@ -3,7 +3,8 @@
 On CUDA the copies land in pinned host memory; on CPU the tier is a second set of tensors, so
 the same bookkeeping (and its tests) run everywhere. It executes the scheduler's ``SessionOps``
 at the start of a step: backups read pages before anything of that step may reuse them,
-prefetches write pages before the forward reads them.
+prefetches write pages before the forward reads them. Each prefetch's latency (host clock, the
+host-to-device copies included) is observed into cumulative histogram buckets for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import torch
 
+from engine.ipc import PREFETCH_SECONDS_BUCKETS
 from engine.session_pins import SessionOps
 from kernels.kv_cache import KVCache
 
@@ -27,6 +29,9 @@ class HostTier:
         self.copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_prefetch_s = 0.0
         self.total_prefetch_s = 0.0
+        # (len(PREFETCH_SECONDS_BUCKETS) + 1,) cumulative: prefetches that took <= each bound,
+        # then all of them (+Inf)
+        self.prefetch_buckets = [0] * (len(PREFETCH_SECONDS_BUCKETS) + 1)
 
     @property
     def num_pages(self) -> int:
@@ -45,10 +50,17 @@ class HostTier:
             dst = torch.tensor(prefetch.page_ids, dtype=torch.int64, device=self.kv_cache.device)
             self.kv_cache.write_pages(dst, list(k.index_select(1, rows).unbind(0)),
                                       list(v.index_select(1, rows).unbind(0)))
-            self.last_prefetch_s = time.perf_counter() - start
-            self.total_prefetch_s += self.last_prefetch_s
+            self.observe_prefetch(time.perf_counter() - start)
         for session_id in ops.host_drops:
             self.copies.pop(session_id, None)
+
+    def observe_prefetch(self, seconds: float) -> None:
+        self.last_prefetch_s = seconds
+        self.total_prefetch_s += seconds
+        for i, bound in enumerate(PREFETCH_SECONDS_BUCKETS):
+            if seconds <= bound:
+                self.prefetch_buckets[i] += 1
+        self.prefetch_buckets[-1] += 1
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.pin_memory:

@@ -13,6 +13,8 @@ from engine.outputs import EngineOutput
 from engine.sampling_params import SamplingParams
 from engine.session_pins import SessionHint
 
+# Upper bounds (seconds) of the prefetch-latency histogram buckets in ``EngineStats``.
+PREFETCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 class AddRequest(msgspec.Struct, tag="add"):
     request_id: str
@@ -50,13 +52,23 @@ class EngineStats(msgspec.Struct):
     num_cached_tokens: int  # cumulative, from the prefix cache
     num_preemptions: int
     num_evicted_pages: int = 0
-    num_evicted_session_pages: int = 0  # of which a session had used
-    num_sessions: int = 0  # sessions with a pin or a host copy
+    num_evicted_session_pages: int = 0  # of which a session had used (all classes but plain)
+    # Evicted pages by eviction class, cumulative: "plain" (no session ever used them),
+    # "expired" (sessions past their lease or deleted), "idle" (demoted over the pin budget),
+    # "pinned" (pins demoted only because nothing else could make room).
+    num_evicted_pages_by_class: dict[str, int] = msgspec.field(default_factory=dict)
+    num_sessions: int = 0  # live sessions: lease running, not deleted (pinned or demoted)
+    num_host_sessions: int = 0  # sessions with a copy in the host tier (live or expired)
     num_pinned_pages: int = 0
     num_host_pages: int = 0
     num_demotions: int = 0
-    num_prefetches: int = 0
-    prefetch_seconds: float = 0.0  # cumulative
+    num_expired_leases: int = 0  # cumulative
+    num_prefetches: int = 0  # cumulative
+    num_prefetched_pages: int = 0  # cumulative
+    prefetch_seconds: float = 0.0  # cumulative: the histogram's sum
+    # (len(PREFETCH_SECONDS_BUCKETS) + 1,) cumulative counts of prefetches that took <= each
+    # bound, then of all of them (+Inf): a Prometheus histogram as is.
+    prefetch_seconds_buckets: list[int] = msgspec.field(default_factory=list)
     # Speculative decoding (engine.spec.SpecStats), cumulative; all 0 without a drafter.
     num_spec_verify_steps: int = 0  # request-steps that verified at least one draft
     num_spec_draft_tokens: int = 0  # drafts verified
