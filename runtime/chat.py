@@ -39,10 +39,11 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     events = generate(state.engine, state.tokenizer, completion_id, prompt_ids, params, parser,
                       None, state.cache_salt(owner))
     if request.stream:
-        slot = generation_slot(state, "chat")
-        await slot.__aenter__()  # 429 before the stream starts, not inside it
-        return StreamingResponse(_stream(state, request, completion_id, events, slot),
-                                 media_type="text/event-stream")
+        # Started here: a 429 leaves as a status, and a stream whose client goes away before
+        # its first chunk is still closed (a started generator is finalised; its slot freed).
+        stream = _stream(state, request, completion_id, events)
+        first = await anext(stream)
+        return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
     async with generation_slot(state, "chat"):
         start, final = time.monotonic(), None
         async for event in events:
@@ -101,7 +102,16 @@ def _completion(state: ServerState, request, completion_id: str, final: Finished
                             choices=[choice], usage=_usage(final))
 
 
-async def _stream(state, request, completion_id, events, slot) -> AsyncIterator[bytes]:
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for data in rest:
+        yield data
+
+
+async def _stream(state, request, completion_id, events) -> AsyncIterator[bytes]:
+    """SSE chunks of one completion; holds a generation slot from its first step to its end."""
+    slot = generation_slot(state, "chat")
+    await slot.__aenter__()
     created, model = int(time.time()), state.model_name
     include_usage = request.include_usage
 

@@ -271,3 +271,29 @@ def test_closing_the_socket_aborts_and_frees_kv(server):
     ws.close()
     wait_for_gauge(server, "agentspeed_running_requests", 0)
     wait_for_gauge(server, 'agentspeed_kv_pages{state="in_use"}', 0)
+
+
+def test_streams_abandoned_before_their_first_chunk_free_their_slots(server):
+    """Clients that send a streamed chat request and leave before reading a byte, more of them
+    than there are generation slots: each slot comes back, so a later request is served."""
+    import socket
+    import time
+
+    from tests.runtime.conftest import MAX_CONCURRENT
+
+    body = json.dumps(chat(stream=True, max_tokens=64)).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    for _ in range(MAX_CONCURRENT + 2):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head + body)
+    deadline = time.monotonic() + 60  # the aborted generations end a moment after the close
+    while True:
+        out = httpx.post(server.base_url + "/v1/chat/completions", json=chat(), headers=AUTH,
+                         timeout=120)
+        if out.status_code != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert out.status_code == 200, out.text
+    wait_for_gauge(server, "agentspeed_running_requests", 0)
