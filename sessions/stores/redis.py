@@ -6,7 +6,8 @@ Key layout (one key per response, nothing else):
 
 written with ``SET key value PX <ttl ms>`` when a TTL is given, plain ``SET`` otherwise (which
 also clears an earlier TTL, so an overwrite never inherits the old expiry). Redis expires keys
-itself; ``get`` is one ``GET``, ``delete`` one ``DEL``. ``key_prefix`` lets deployments that
+itself; ``get`` is one ``GET``, ``delete`` one ``DEL``, ``touch`` one pipelined ``PEXPIRE`` per
+id (one round trip; a missing or expired key stays missing). ``key_prefix`` lets deployments that
 share a Redis database keep apart (the default is ``agentspeed:resp:``).
 
 Failure: connect and read timeouts are short and a command is retried once (a pooled connection
@@ -82,6 +83,21 @@ class RedisStore(SessionStore):
         if ttl_s is not None:
             args += ["PX", max(1, round(ttl_s * 1000))]
         await self._call(*args)
+
+    async def touch(self, response_ids: list[str], ttl_s: float) -> int:
+        if not response_ids:
+            return 0
+        ttl_ms = max(1, round(ttl_s * 1000))
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for response_id in response_ids:
+                        pipe.pexpire(self.key(response_id), ttl_ms)
+                    found = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            logger.warning("Redis session store unreachable (PEXPIRE): %s", exc)
+            raise StoreUnavailableError(f"Redis session store unreachable: {exc}") from exc
+        return sum(bool(f) for f in found)
 
     async def delete(self, response_id: str) -> bool:
         return await self._call("DEL", self.key(response_id)) > 0

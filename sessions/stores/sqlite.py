@@ -3,7 +3,8 @@
 Layout: one table ``responses(response_id TEXT PRIMARY KEY, expires_at REAL, record BLOB)``;
 ``record`` is the msgspec-msgpack encoding of a ``ResponseRecord``, ``expires_at`` unix seconds
 (wall clock, so a TTL survives a restart) or NULL for no expiry. An expired row is invisible to
-``get`` and deleted when read; a sweep every ``purge_interval_s`` (run by ``put``) deletes the rest.
+``get`` and ``touch`` (which never revives it) and deleted when read; a sweep every
+``purge_interval_s`` (run by ``put``) deletes the rest.
 
 Durability: WAL journal, ``synchronous=NORMAL``. Every statement commits before it returns (the
 connection is in autocommit mode) and a commit is a write into the WAL file, so a process killed
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SCHEMA_VERSION = 1
+_TOUCH_BATCH = 500  # ids per UPDATE, well under SQLite's bound on statement variables
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     response_id TEXT PRIMARY KEY,
@@ -51,12 +53,13 @@ class SQLiteStore(SessionStore):
     """Response records in one SQLite file (``":memory:"``: a private in-memory database)."""
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000,
-                 purge_interval_s: float = 60.0) -> None:
+                 purge_interval_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
         if path != ":memory:":
             path = os.path.abspath(path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
         self.purge_interval_s = purge_interval_s
+        self.clock = clock  # unix seconds; expiry is wall-clock so it survives a restart
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ResponseRecord)
         self._next_purge = 0.0  # time.monotonic() of the next sweep (only touched by the worker)
@@ -99,9 +102,10 @@ class SQLiteStore(SessionStore):
         if row is None:
             return None
         expires_at, blob = row
-        if expires_at is not None and expires_at <= time.time():
+        now = self.clock()
+        if expires_at is not None and expires_at <= now:
             self._conn.execute("DELETE FROM responses WHERE response_id = ? AND expires_at <= ?",
-                               (response_id, time.time()))
+                               (response_id, now))
             return None
         return blob
 
@@ -115,10 +119,21 @@ class SQLiteStore(SessionStore):
 
     def _purge(self) -> int:
         cursor = self._conn.execute("DELETE FROM responses WHERE expires_at IS NOT NULL AND "
-                                    "expires_at <= ?", (time.time(),))
+                                    "expires_at <= ?", (self.clock(),))
         if cursor.rowcount:
             logger.info("purged %d expired session records from %s", cursor.rowcount, self.path)
         return cursor.rowcount
+
+    def _touch(self, response_ids: list[str], expires_at: float) -> int:
+        found = 0
+        for i in range(0, len(response_ids), _TOUCH_BATCH):
+            batch = response_ids[i:i + _TOUCH_BATCH]
+            marks = ",".join("?" * len(batch))
+            cursor = self._conn.execute(
+                f"UPDATE responses SET expires_at = ? WHERE response_id IN ({marks}) "
+                "AND (expires_at IS NULL OR expires_at > ?)", (expires_at, *batch, self.clock()))
+            found += cursor.rowcount
+        return found
 
     def _delete(self, response_id: str) -> bool:
         cursor = self._conn.execute("DELETE FROM responses WHERE response_id = ?", (response_id,))
@@ -137,8 +152,13 @@ class SQLiteStore(SessionStore):
             return None
 
     async def put(self, record: ResponseRecord, ttl_s: float | None) -> None:
-        expires_at = None if ttl_s is None else time.time() + ttl_s
+        expires_at = None if ttl_s is None else self.clock() + ttl_s
         await self._run(self._put, record.response_id, expires_at, self._encoder.encode(record))
+
+    async def touch(self, response_ids: list[str], ttl_s: float) -> int:
+        if not response_ids:
+            return 0
+        return await self._run(self._touch, list(response_ids), self.clock() + ttl_s)
 
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)

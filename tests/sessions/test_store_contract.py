@@ -1,4 +1,5 @@
 """One contract, three stores: SQLite (a temp file), memory, and a real Redis server.
+TTL refresh (``touch``) on each; expiry against a manual clock where the store takes one.
 
 Plus what only some stores promise: SQLite survives a reopen; Redis fails fast while it is down
 or hung and works again, on the same store object, once it is back.
@@ -12,9 +13,10 @@ import secrets
 import sqlite3
 import time
 
+import msgspec
 import pytest
 
-from sessions.record import ResponseRecord
+from sessions.record import ResponseRecord, tools_fingerprint
 from sessions.stores import StoreUnavailableError, default_sqlite_path, open_store
 from sessions.stores.memory import MemoryStore
 from sessions.stores.redis import RedisStore
@@ -256,3 +258,138 @@ async def test_open_store_by_url(tmp_path, monkeypatch, redis_url):
                 "sessions.db"):
         with pytest.raises(ValueError):
             open_store(bad)
+
+
+# ---------------------------------------------------------------------------------- TTL refresh
+async def test_touch_refreshes_only_what_is_there(store):
+    short, forever = make_record(), make_record()
+    await store.put(short, 60)
+    await store.put(forever, None)
+    missing = "resp_" + secrets.token_hex(24)
+    assert await store.touch([short.response_id, missing, forever.response_id], 3600) == 2
+    assert await store.touch([], 3600) == 0
+    assert await store.touch([missing], 3600) == 0
+    assert await store.get(missing) is None  # touch never creates
+    assert await store.get(short.response_id) == short
+    assert await store.get(forever.response_id) == forever
+
+
+class ManualClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_expiry_and_touch_follow_the_clock(kind, tmp_path):
+    clock = ManualClock(1_700_000_000.0)
+    store = (SQLiteStore(str(tmp_path / "s.db"), clock=clock) if kind == "sqlite"
+             else MemoryStore(clock=clock))
+    leased, forever = make_record(), make_record()
+    await store.put(leased, 10)
+    await store.put(forever, None)
+    clock.now += 9
+    assert await store.touch([leased.response_id, forever.response_id], 10) == 2
+    clock.now += 9.9  # past the first expiry (t+10), inside the refreshed one (t+19)
+    assert await store.get(leased.response_id) == leased
+    assert await store.get(forever.response_id) == forever  # touched: now it expires too
+    clock.now += 0.1
+    assert await store.get(leased.response_id) is None
+    assert await store.get(forever.response_id) is None
+    assert await store.touch([leased.response_id], 10) == 0  # expired is never revived
+    clock.now += 100
+    assert await store.get(leased.response_id) is None
+    if kind == "sqlite":  # read after expiry: the rows are gone, not just hidden
+        with sqlite3.connect(str(tmp_path / "s.db")) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0
+    await store.close()
+
+
+async def test_sqlite_touch_many_ids(tmp_path):
+    clock = ManualClock(1_700_000_000.0)
+    store = SQLiteStore(str(tmp_path / "s.db"), clock=clock)
+    records = [make_record(token_ids=[i]) for i in range(1203)]  # several UPDATE batches
+    for r in records:
+        await store.put(r, 5)
+    ids = [r.response_id for r in records]
+    assert await store.touch(ids + ["resp_missing"], 50) == 1203
+    clock.now += 30
+    assert await store.get(ids[0]) == records[0] and await store.get(ids[-1]) == records[-1]
+    assert await store.purge_expired() == 0
+    await store.close()
+
+
+async def test_redis_touch_sets_pttl(redis_server):
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_server.url(4))
+    raw = aioredis.Redis.from_url(redis_server.url(4))
+    leased, forever = make_record(), make_record()
+    await store.put(leased, 30)
+    await store.put(forever, None)
+    assert await store.touch([leased.response_id, "resp_gone", forever.response_id], 600) == 2
+    for r in (leased, forever):
+        assert 599_000 < await raw.pttl(store.key(r.response_id)) <= 600_000
+    assert await raw.exists(store.key("resp_gone")) == 0
+    redis_server.stop()
+    await assert_unavailable_fast(store.touch([leased.response_id], 600))
+    await raw.aclose()
+    await store.close()
+
+
+# ---------------------------------------------------------------------------------- compatibility
+class RecordV1(msgspec.Struct, kw_only=True):
+    """A ResponseRecord as the first release wrote it (no timestamps, chain or fingerprint)."""
+
+    response_id: str
+    owner: str
+    model: str
+    created_at: float
+    token_ids: list[int]
+    ends_with_end_of_turn: bool
+    previous_response_id: str | None = None
+    session_id: str = ""
+    instructions: str | None = None
+    tools: list[dict] | None = None
+    store: bool = True
+    response_json: bytes = b""
+
+
+async def test_records_of_the_first_release_still_read(tmp_path, redis_url):
+    old = RecordV1(response_id="resp_" + secrets.token_hex(24), owner="o", model="m",
+                   created_at=1.5, token_ids=[1, 2, 3], ends_with_end_of_turn=True,
+                   session_id="resp_first", tools=[{"name": "f", "parameters": {}}])
+    blob = msgspec.msgpack.encode(old)
+    sqlite_store = SQLiteStore(str(tmp_path / "s.db"))
+    with sqlite3.connect(str(tmp_path / "s.db"), isolation_level=None) as conn:
+        conn.execute("INSERT INTO responses VALUES (?, NULL, ?)", (old.response_id, blob))
+    redis_store = RedisStore(redis_url)
+    await redis_store._call("SET", redis_store.key(old.response_id), blob)
+    for store in (sqlite_store, redis_store):
+        got = await store.get(old.response_id)
+        assert got is not None and got.token_ids == [1, 2, 3] and got.session_id == "resp_first"
+        assert (got.last_used_at, got.lease_expires_at, got.ancestor_ids,
+                got.tools_fingerprint) == (0.0, 0.0, [], "")
+        await store.close()
+    # And an older server reads what this one writes (unknown fields are skipped).
+    new = make_record(last_used_at=2.0, lease_expires_at=602.0, ancestor_ids=["resp_a"],
+                      tools_fingerprint="ab" * 32)
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(new), type=RecordV1)
+    assert back.token_ids == new.token_ids and back.tools == new.tools
+
+
+def test_tools_fingerprint():
+    weather = {"name": "get_weather", "description": "Weather now.",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    reordered = {"parameters": {"properties": {"city": {"type": "string"}}, "type": "object"},
+                 "description": "Weather now.", "name": "get_weather"}
+    clock_tool = {"name": "now", "description": "The time.", "parameters": {}}
+    fp = tools_fingerprint([weather, clock_tool])
+    assert len(fp) == 64 and set(fp) <= set("0123456789abcdef")
+    assert tools_fingerprint([reordered, clock_tool]) == fp  # key order is not a change
+    assert tools_fingerprint([clock_tool, weather]) != fp  # tool order is (the prompt differs)
+    changed = {**weather, "description": "Weather now, in Celsius."}
+    assert tools_fingerprint([changed, clock_tool]) != fp
+    assert tools_fingerprint(None) == tools_fingerprint([]) == ""
