@@ -10,6 +10,7 @@ from engine.ipc import EngineStats
 
 if TYPE_CHECKING:
     from runtime.generation import Finished
+    from sessions.manager import SessionManager
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -55,6 +56,16 @@ class Metrics:
                                  registry=r)
         self.connections = Gauge("agentspeed_websocket_connections", "Open WebSockets",
                                  registry=r)
+        self.saves_pending = Gauge("agentspeed_session_saves_pending",
+                                   "Finished turns waiting for the session store", registry=r)
+        self.saves_deferred = Gauge("agentspeed_session_saves_deferred",
+                                    "Finished turns whose save had to wait for the session "
+                                    "store, since start", registry=r)
+
+    def watch_sessions(self, sessions: SessionManager) -> None:
+        """Read the session manager's retry buffer at every scrape."""
+        self.saves_pending.set_function(lambda: len(sessions.pending))
+        self.saves_deferred.set_function(lambda: sessions.num_deferred)
 
     def observe_engine(self, stats: EngineStats | None) -> None:
         if stats is None:

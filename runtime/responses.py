@@ -26,7 +26,7 @@ from runtime.protocol.response_events import ErrorEvent
 from runtime.response_stream import ResponseStream
 from runtime.state import ServerState
 from sessions.manager import ResponseNotFoundError, new_response_id
-from sessions.record import ResponseRecord
+from sessions.record import ResponseRecord, tools_fingerprint
 from sessions.stores.memory import MemoryStore
 from tools.parsers.base import ToolCallParser
 from tools.render import RenderError
@@ -42,6 +42,7 @@ class Turn:
     parser: ToolCallParser | None
     tools: list[dict]
     session_id: str  # the chain's first response id; the engine pins KV under it
+    ancestor_ids: list[str]  # the chain before this response, oldest first
 
 
 async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: str,
@@ -54,6 +55,7 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
     generate_now = bool(request.generate)
     response_id = new_response_id()
     session_id = response_id
+    ancestor_ids: list[str] = []
     try:
         if request.previous_response_id:
             try:
@@ -62,6 +64,7 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
                 raise api_error_of(exc) from None
             tools = tools or list(prev.tools or [])
             session_id = prev.session_id or prev.response_id
+            ancestor_ids = [*prev.ancestor_ids, prev.response_id]
             messages = convert.response_messages(request, with_instructions=False)
             prompt_ids = prev.token_ids + state.renderer.render_continuation(
                 messages, tools or None, after_end_of_turn=prev.ends_with_end_of_turn,
@@ -90,7 +93,8 @@ async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: s
     if not generate_now:
         params = SamplingParams(max_tokens=1, temperature=0.0)  # prefill only; output dropped
     convert.check_fits(state, prompt_ids, params, "input", "max_output_tokens")
-    return Turn(request, response_id, owner, prompt_ids, params, parser, tools, session_id)
+    return Turn(request, response_id, owner, prompt_ids, params, parser, tools, session_id,
+                ancestor_ids)
 
 
 async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
@@ -137,8 +141,10 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
         if final.tool_calls:  # the agent now runs a tool: keep its session's KV above others
             await state.engine.touch_session(turn.session_id, retention=RETENTION_TOOL_WAIT)
         done = stream.finish(final)
-        # Committed before "completed" leaves: a client that saw it can continue the chain even
-        # if this process dies right after. A store outage raises StoreUnavailableError (503).
+        # Saved before "completed" leaves: a client that saw it can continue the chain even if
+        # this process dies right after. While the store is down the finished turn is delivered
+        # anyway and its record waits in the session manager's retry buffer (continuable once
+        # written); only a full buffer raises StoreUnavailableError (a 503).
         await save(state, turn, final, response, local)
         # Counted before "completed" leaves too: a client that saw it finds it in /metrics.
         state.metrics.requests.labels("responses", "ok").inc()
@@ -148,19 +154,23 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
 
 
 async def save(state: ServerState, turn: Turn, final: Finished, response: r.Response,
-               local: MemoryStore | None) -> None:
+               local: MemoryStore | None) -> bool:
+    """Record the finished turn; False when its save waits for the store (see SessionManager)."""
     tokens = turn.prompt_ids + final.output_ids
     ends = bool(turn.request.generate)
     eot = state.renderer.end_of_turn_id
     if ends and (not final.output_ids or final.output_ids[-1] != eot):
         tokens.append(eot)  # cut by length or a stop string: close the turn as the template does
+    now = time.time()
     record = ResponseRecord(
         response_id=turn.response_id, owner=turn.owner, model=state.model_name,
-        created_at=time.time(), token_ids=tokens, ends_with_end_of_turn=ends,
+        created_at=float(response.created_at), token_ids=tokens, ends_with_end_of_turn=ends,
         previous_response_id=turn.request.previous_response_id, session_id=turn.session_id,
         instructions=turn.request.instructions, tools=turn.tools or None,
-        store=bool(turn.request.store), response_json=encode_json(response))
-    await state.sessions.save(record, local)
+        store=bool(turn.request.store), response_json=encode_json(response),
+        last_used_at=now, lease_expires_at=now + state.config.lease_s,
+        ancestor_ids=turn.ancestor_ids, tools_fingerprint=tools_fingerprint(turn.tools))
+    return await state.sessions.save(record, local)
 
 
 # ---------------------------------------------------------------------------------- HTTP

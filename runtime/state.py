@@ -23,7 +23,9 @@ class ServerConfig:
     max_concurrent_requests: int = 256  # generations in flight over HTTP and WebSocket
     max_connections: int = 1024  # open WebSockets
     max_lanes_per_connection: int = 32
-    lease_s: float = 600.0  # how long a finished turn's session stays pinned
+    # How long a finished turn's session KV stays pinned (renewed by every turn); stored records
+    # live sessions.manager.STORE_TTL_LEASES leases after their chain's last turn.
+    lease_s: float = 600.0
     salt_cache_per_key: bool = False  # True: no cached prefix is ever shared across API keys
     session_store: str | None = None  # URL for sessions.stores.open_store; None: default SQLite
     log_level: str = "WARNING"
@@ -33,6 +35,8 @@ class ServerConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
+        if not self.lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
 
 
 @dataclass
@@ -46,6 +50,9 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: int = 0  # generations running now
     connections: int = 0  # open WebSockets
+
+    def __post_init__(self) -> None:
+        self.metrics.watch_sessions(self.sessions)
 
     @property
     def model_name(self) -> str:

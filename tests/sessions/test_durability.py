@@ -1,5 +1,6 @@
 """Sessions outlive their server: a ``kill -9`` (SQLite), a hop to another replica (Redis), and a
-Redis outage (fast 503s, then recovery with no restart). Real ``agentspeed serve`` subprocesses.
+Redis outage (a turn in flight is still delivered and saved later; fast 503s for what needs Redis;
+recovery with no restart). Real ``agentspeed serve`` subprocesses.
 
 Four server processes, at most two at a time: S1 (SQLite), then S2 on S1's file after S1 is
 killed; then A and B on one Redis, shared by the two Redis tests.
@@ -14,7 +15,9 @@ import time
 import httpx
 import openai
 import pytest
+import redis
 
+from engine.config import EngineConfig
 from tests.runtime.server import ServerProcess
 from tests.sessions.conftest import RedisServer, need_redis_server
 
@@ -23,6 +26,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "SmolLM2-135M-Instruct"
 SERVER_ARGS = ("--num-pages", "256", "--max-model-len", "1024")
 GREEDY = {"model": MODEL, "temperature": 0, "max_output_tokens": 8}
+PAGE_SIZE = EngineConfig.page_size  # the servers run with the default
 
 
 def serve(store_url: str) -> ServerProcess:
@@ -86,6 +90,14 @@ def test_sqlite_chain_survives_kill_9(default_model_path, tmp_path):
         assert again.usage.input_tokens == reference.usage.input_tokens
         assert again.usage.output_tokens == reference.usage.output_tokens
         assert again.id != reference.id
+        # Its KV is recomputed once: nothing was cached on the fresh server, and the next turn
+        # reuses everything up to the last (partial) page of the recomputed chain.
+        assert again.usage.input_tokens_details.cached_tokens == 0
+        then = s2.responses.create(previous_response_id=again.id, input="And a vegetable.",
+                                   **GREEDY)
+        seen = again.usage.input_tokens + again.usage.output_tokens
+        assert then.usage.input_tokens > seen
+        assert then.usage.input_tokens_details.cached_tokens >= seen - PAGE_SIZE
         # The last turn before the kill was committed too.
         assert s2.responses.retrieve(reference.id).output_text == reference.output_text
     finally:
@@ -124,36 +136,82 @@ def assert_store_unavailable(resp: httpx.Response) -> None:
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
 
 
-def test_redis_outage_is_a_fast_503_then_recovers(servers, redis_server):
+def sse_events(stream: httpx.Response):
+    for line in stream.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def gauge(server: ServerProcess, name: str) -> float:
+    text = httpx.get(server.base_url + "/metrics", headers=AUTH, timeout=30).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} not in /metrics"
+    return float(values[0])
+
+
+def test_redis_outage_keeps_in_flight_turns_then_recovers(servers, redis_server):
     a = client(servers["a"])
     before = a.responses.create(input="Say OK.", **GREEDY)
-    redis_server.stop()
+    deferred = gauge(servers["a"], "agentspeed_session_saves_deferred")
+    # A long turn, accepted while Redis is up (its previous response is read from Redis); Redis
+    # dies at its first token, long before its 32nd (ignore_eos: it runs to max_output_tokens).
+    long_turn = {"previous_response_id": before.id, "input": "Count to one hundred.",
+                 **GREEDY, "max_output_tokens": 32, "ignore_eos": True, "stream": True}
+    deltas, last = [], None
     try:
-        resp, took = post(servers["a"], {"previous_response_id": before.id, "input": "Again.",
-                                         **GREEDY})
-        assert_store_unavailable(resp)
-        assert took < 3.5
+        with httpx.stream("POST", servers["a"].base_url + "/v1/responses", headers=AUTH,
+                          json=long_turn, timeout=120) as stream:
+            for event in sse_events(stream):
+                if event["type"] == "response.output_text.delta":
+                    if not deltas:
+                        redis_server.stop()
+                    deltas.append(event["delta"])
+                last = event
+        assert deltas and redis_server.proc.poll() is not None
+        # The client gets the whole turn, as if nothing happened...
+        assert last["type"] == "response.incomplete", last
+        in_flight = last["response"]
+        assert in_flight["usage"]["output_tokens"] == 32
+        assert in_flight["output"][0]["content"][0]["text"] == "".join(deltas)
+        # ...while its record waits in A's retry buffer (so Redis really died mid-turn).
+        assert gauge(servers["a"], "agentspeed_session_saves_pending") == 1
+        assert gauge(servers["a"], "agentspeed_session_saves_deferred") == deferred + 1
+
+        # Anything that needs Redis fails fast and clearly, the waiting turn included.
+        for previous in (before.id, in_flight["id"]):
+            resp, took = post(servers["a"], {"previous_response_id": previous, "input": "Again.",
+                                             **GREEDY})
+            assert_store_unavailable(resp)
+            assert took < 3.5
         got = httpx.get(f"{servers['a'].base_url}/v1/responses/{before.id}", headers=AUTH,
                         timeout=60)
         assert_store_unavailable(got)
-        # A stored turn is never reported finished unless it was saved.
+        # A new stored turn is answered too and waits with the other.
         resp, _ = post(servers["a"], {"input": "Hi.", **GREEDY, "max_output_tokens": 2})
-        assert_store_unavailable(resp)
-        with httpx.stream("POST", servers["a"].base_url + "/v1/responses", headers=AUTH,
-                          json={"input": "Hi.", **GREEDY, "max_output_tokens": 2,
-                                "stream": True}, timeout=60) as stream:
-            events = [json.loads(line[6:]) for line in stream.iter_lines()
-                      if line.startswith("data: ")]
-        kinds = [e["type"] for e in events]
-        assert "response.completed" not in kinds and kinds[-1] == "error", kinds
-        assert events[-1]["code"] == "session_store_unavailable"
+        assert resp.status_code == 200, resp.text
+        new_turn = resp.json()
+        assert gauge(servers["a"], "agentspeed_session_saves_pending") == 2
         # store=false needs no store at all.
         resp, _ = post(servers["a"], {"input": "Hi.", **GREEDY, "max_output_tokens": 2,
                                       "store": False})
         assert resp.status_code == 200, resp.text
     finally:
-        redis_server.start()
-    # Back, with no server restart: both replicas reconnect on their next request.
-    after = a.responses.create(previous_response_id=before.id, input="Again.", **GREEDY)
-    assert after.usage.input_tokens > before.usage.input_tokens + before.usage.output_tokens
-    assert client(servers["b"]).responses.retrieve(after.id).output_text == after.output_text
+        if redis_server.proc.poll() is not None:
+            redis_server.start()
+    # Back, with no server restart: the waiting turns are saved (asking for one flushes them).
+    got = httpx.get(f"{servers['a'].base_url}/v1/responses/{in_flight['id']}", headers=AUTH,
+                    timeout=60)
+    assert got.status_code == 200, got.text
+    assert got.json()["output"] == in_flight["output"]
+    assert gauge(servers["a"], "agentspeed_session_saves_pending") == 0
+    raw = redis.Redis.from_url(redis_server.url(0))
+    assert raw.info("commandstats")["cmdstat_set"]["calls"] == 2  # each saved once
+    raw.close()
+    # In Redis, not just in A: replica B continues the in-flight turn's chain, and A the older.
+    b = client(servers["b"])
+    after = b.responses.create(previous_response_id=in_flight["id"], input="Thanks.", **GREEDY)
+    assert after.usage.input_tokens > in_flight["usage"]["input_tokens"] + 32
+    assert b.responses.retrieve(new_turn["id"]).output_text == new_turn["output"][0][
+        "content"][0]["text"]
+    again = a.responses.create(previous_response_id=before.id, input="Again.", **GREEDY)
+    assert again.usage.input_tokens > before.usage.input_tokens + before.usage.output_tokens
