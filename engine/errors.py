@@ -14,7 +14,12 @@ class InvalidRequestError(ValueError):
 
 
 class ContextLengthError(InvalidRequestError):
-    """The prompt (plus the requested output) does not fit the model's context window."""
+    """The prompt (plus the requested output) does not fit the model's context window.
 
-    def __init__(self, message: str, param: str = "messages") -> None:
+    ``param`` is the engine's name ("prompt" or "max_tokens"); the server checks the length
+    itself first (``runtime.convert.check_fits``) and names its own fields ("messages", "input",
+    "max_output_tokens").
+    """
+
+    def __init__(self, message: str, param: str = "prompt") -> None:
         super().__init__(message, param=param, code="context_length_exceeded")

@@ -162,23 +162,24 @@ def test_seeded_sampling_reproducible_and_logprobs(llm, chat_prompts):
 
 
 @pytest.mark.parametrize(
-    "prompt, params, param",
+    "prompt, params, param, too_long",
     [
-        ([], SamplingParams(), "prompt"),
-        ([10**9], SamplingParams(), "prompt"),
-        ([1, 2], SamplingParams(temperature=-1), "temperature"),
-        ([1, 2], SamplingParams(top_p=0), "top_p"),
-        ([1, 2], SamplingParams(max_tokens=0), "max_tokens"),
-        ([1, 2], SamplingParams(logprobs=99), "logprobs"),
-        ([1] * 9000, SamplingParams(), "messages"),
-        ([1, 2], SamplingParams(max_tokens=10**6), "max_tokens"),
+        ([], SamplingParams(), "prompt", False),
+        ([10**9], SamplingParams(), "prompt", False),
+        ([1, 2], SamplingParams(temperature=-1), "temperature", False),
+        ([1, 2], SamplingParams(top_p=0), "top_p", False),
+        ([1, 2], SamplingParams(max_tokens=0), "max_tokens", False),
+        ([1, 2], SamplingParams(logprobs=99), "logprobs", False),
+        # The offline API has no "messages": a prompt over the context is the prompt's fault.
+        ([1] * 9000, SamplingParams(), "prompt", True),
+        ([1, 2], SamplingParams(max_tokens=10**6), "max_tokens", True),
     ],
 )
-def test_bad_input_is_refused_and_engine_unharmed(llm, prompt, params, param):
+def test_bad_input_is_refused_and_engine_unharmed(llm, prompt, params, param, too_long):
     with pytest.raises(InvalidRequestError) as err:
         llm.generate([[5, 6, 7], prompt], params)
     assert err.value.param == param
-    if param == "messages":
-        assert isinstance(err.value, ContextLengthError)
+    assert isinstance(err.value, ContextLengthError) == too_long
+    assert (err.value.code == "context_length_exceeded") == too_long
     check_engine(llm)
     assert llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2))[0].token_ids
