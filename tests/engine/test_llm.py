@@ -11,6 +11,7 @@ from engine.llm import LLM
 from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=64)
+EOS = 2  # SmolLM2's <|im_end|>
 QUESTIONS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -31,6 +32,7 @@ def chat_prompts(llm):
 
 
 def hf_greedy(path, prompt_ids, max_new_tokens):
+    """transformers' greedy continuation of each prompt, one at a time, never stopping at EOS."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -39,7 +41,7 @@ def hf_greedy(path, prompt_ids, max_new_tokens):
     with torch.inference_mode():
         for ids in prompt_ids:
             gen = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=model.config.eos_token_id)
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)
             outs.append(gen[0, len(ids):].tolist())
     return outs
 
@@ -49,13 +51,16 @@ def check_engine(llm):
     assert not llm.engine.has_unfinished()
 
 
+@pytest.mark.slow
 def test_greedy_matches_transformers_default_model(llm, chat_prompts, default_model_path):
+    # 5 prompts x 64 new tokens each: EOS is ignored on both sides, so no prompt stops short.
     expected = hf_greedy(default_model_path, chat_prompts, 64)
-    got = llm.generate(chat_prompts, GREEDY)
+    assert [len(ref) for ref in expected] == [64] * 5
+    got = llm.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=64,
+                                                    ignore_eos=True))
     for out, ref in zip(got, expected):
         assert out.token_ids == ref
-        assert out.finish_reason == ("stop" if ref[-1] == 2 else "length")
-    assert any(len(ref) == 64 for ref in expected), "at least one prompt runs the full 64 tokens"
+        assert out.finish_reason == "length"
     check_engine(llm)
 
 
@@ -72,15 +77,48 @@ def test_greedy_matches_transformers_tiny_qwen3(tiny_qwen3_path):
         gen = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
                              eos_token_id=None, pad_token_id=0)
         assert out == gen[0, len(ids):].tolist()
+    check_engine(tiny)
 
 
-def test_concurrent_requests_equal_alone(llm, chat_prompts):
-    prompts = (chat_prompts + [p[:-3] + p[-3:] for p in chat_prompts[:3]])[:8]
-    prompts = [p if i % 2 else p + [28, 198][: i % 3] for i, p in enumerate(prompts)]
+@pytest.mark.slow
+def test_concurrent_requests_equal_alone(default_model_path, llm):
+    questions = [
+        "Hi!",
+        "Name one colour.",
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "List three prime numbers and explain why they are prime.",
+        "Give me a Python function that reverses a string, with a docstring.",
+        "In two short sentences, explain to a ten-year-old why the sky is blue by day and turns "
+        "red at sunset.",
+        "Summarise the plot of Romeo and Juliet in three sentences, then name two other plays by "
+        "the same author and the year each was first performed.",
+    ]
+    prompts = [llm.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+    assert len({len(p) for p in prompts}) == 8, "8 prompts of 8 different lengths"
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    alone = [llm.generate([p], params)[0].token_ids for p in prompts]
-    together = [o.token_ids for o in llm.generate(prompts, params)]
-    assert together == alone
+    # No prefix cache: every run, alone or together, prefills its whole prompt.
+    engine = LLM(default_model_path, page_size=16, num_pages=512, enable_prefix_caching=False)
+    alone = [engine.generate([p], params)[0].token_ids for p in prompts]
+    stats = engine.engine.scheduler.stats
+    before = stats.num_computed_tokens
+    together = engine.generate(prompts, params)
+    assert [o.token_ids for o in together] == alone
+    # Every prompt token went through the model in the batched run (23 decode steps each).
+    assert stats.num_computed_tokens - before == sum(map(len, prompts)) + 8 * 23
+    assert all(o.num_cached_tokens == 0 for o in together)
+    check_engine(engine)
+
+
+def test_ignore_eos_generates_past_the_end_of_sequence(llm, chat_prompts):
+    stopped = llm.generate([chat_prompts[0]], GREEDY)[0]
+    assert stopped.finish_reason == "stop" and stopped.token_ids[-1] == EOS
+    assert len(stopped.token_ids) < 64
+    params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    out = llm.generate([chat_prompts[0]], params)[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 64
+    # The same greedy path up to and including the EOS, then 64 - len(stopped) tokens past it.
+    assert out.token_ids[: len(stopped.token_ids)] == stopped.token_ids
     check_engine(llm)
 
 
@@ -98,7 +136,11 @@ def test_shared_prefix_computes_only_the_suffix(default_model_path):
     uncached = LLM(default_model_path, page_size=16, num_pages=256, enable_prefix_caching=False)
     ref = uncached.generate([prefix + [77, 78, 79]], params)[0]
     assert ref.num_cached_tokens == 0 and out.token_ids == ref.token_ids
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.cached_tokens,
+            out.usage.total_tokens) == (503, 8, 500, 511)
+    assert (ref.usage.prompt_tokens, ref.usage.cached_tokens) == (503, 0)
     check_engine(cached)
+    check_engine(uncached)
 
 
 def test_chunked_prefill_equals_unchunked(default_model_path, chat_prompts):
@@ -111,6 +153,7 @@ def test_chunked_prefill_equals_unchunked(default_model_path, chat_prompts):
     assert (chunked.generate([long_prompt], params)[0].token_ids
             == whole.generate([long_prompt], params)[0].token_ids)
     check_engine(chunked)
+    check_engine(whole)
 
 
 def test_pool_too_small_preempts_and_all_finish_correctly(default_model_path, llm, chat_prompts):
@@ -159,6 +202,7 @@ def test_seeded_sampling_reproducible_and_logprobs(llm, chat_prompts):
         assert len(lp.top) == 3 and lp.logprob <= 0.0
         values = [v for _, v in lp.top]
         assert values == sorted(values, reverse=True) and lp.logprob <= values[0] + 1e-6
+    check_engine(llm)
 
 
 @pytest.mark.parametrize(
