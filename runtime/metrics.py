@@ -1,12 +1,21 @@
-"""Prometheus metrics of one API process (its own registry, so several apps can coexist)."""
+"""Prometheus metrics of one API process (its own registry, so several apps can coexist).
+
+Engine-side values come from the ``EngineStats`` of the engine's latest step, read at each
+scrape; cumulative engine counts are exposed as gauges that only grow (their names predate this
+rule), and the prefetch latency as a histogram built from the engine's own cumulative buckets.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from engine.ipc import EngineStats
+from engine.ipc import PREFETCH_SECONDS_BUCKETS, EngineStats
 
 if TYPE_CHECKING:
     from runtime.generation import Finished
@@ -39,16 +48,28 @@ class Metrics:
         self.preemptions = Gauge("agentspeed_preemptions", "Preemptions so far", registry=r)
         self.cache_hit_rate = Gauge("agentspeed_prefix_cache_hit_ratio",
                                     "Cached / scheduled prompt tokens since start", registry=r)
-        self.sessions = Gauge("agentspeed_live_sessions", "Sessions with pinned or host KV",
+        self.sessions = Gauge("agentspeed_live_sessions",
+                              "Live sessions: lease running, not deleted (pinned or demoted)",
                               registry=r)
-        self.evicted = Gauge("agentspeed_evicted_pages", "KV pages evicted so far, by class",
+        self.host_sessions = Gauge("agentspeed_host_tier_sessions",
+                                   "Sessions with a KV copy in the host tier", registry=r)
+        self.evicted = Gauge("agentspeed_evicted_pages",
+                             "KV pages evicted so far, by eviction class (plain: no session "
+                             "used them; expired: past their lease or deleted; idle: demoted "
+                             "over the pin budget; pinned: demoted only to make room)",
                              ["eviction_class"], registry=r)
         self.demotions = Gauge("agentspeed_session_demotions",
-                               "Session pins demoted to the host tier so far", registry=r)
+                               "Session pins demoted (unlocked, backed up to the host tier) "
+                               "so far", registry=r)
+        self.expired_leases = Gauge("agentspeed_session_expired_leases",
+                                    "Session leases that ran out so far", registry=r)
         self.prefetches = Gauge("agentspeed_session_prefetches",
                                 "Host-tier prefetches so far", registry=r)
-        self.prefetch_seconds = Gauge("agentspeed_session_prefetch_seconds",
-                                      "Time spent copying host-tier KV back", registry=r)
+        self.prefetched_pages = Gauge("agentspeed_session_prefetched_pages",
+                                      "KV pages copied back from the host tier so far",
+                                      registry=r)
+        self._prefetch_latency = _PrefetchLatency()
+        r.register(self._prefetch_latency)
         self.spec_steps = Gauge("agentspeed_spec_verify_steps",
                                 "Request-steps that verified speculative drafts", registry=r)
         self.spec_tokens = Gauge("agentspeed_spec_draft_tokens",
@@ -83,11 +104,14 @@ class Metrics:
         total = stats.num_computed_tokens + stats.num_cached_tokens
         self.cache_hit_rate.set(stats.num_cached_tokens / total if total else 0.0)
         self.sessions.set(stats.num_sessions)
-        self.evicted.labels("session").set(stats.num_evicted_session_pages)
-        self.evicted.labels("plain").set(stats.num_evicted_pages - stats.num_evicted_session_pages)
+        self.host_sessions.set(stats.num_host_sessions)
+        for eviction_class, num_pages in stats.num_evicted_pages_by_class.items():
+            self.evicted.labels(eviction_class).set(num_pages)
         self.demotions.set(stats.num_demotions)
+        self.expired_leases.set(stats.num_expired_leases)
         self.prefetches.set(stats.num_prefetches)
-        self.prefetch_seconds.set(stats.prefetch_seconds)
+        self.prefetched_pages.set(stats.num_prefetched_pages)
+        self._prefetch_latency.stats = stats
         self.spec_steps.set(stats.num_spec_verify_steps)
         self.spec_tokens.labels("drafted").set(stats.num_spec_draft_tokens)
         self.spec_tokens.labels("accepted").set(stats.num_spec_accepted_tokens)
@@ -107,3 +131,30 @@ class Metrics:
     def render(self, stats: EngineStats | None) -> bytes:
         self.observe_engine(stats)
         return generate_latest(self.registry)
+
+
+class _PrefetchLatency(Collector):
+    """``agentspeed_session_prefetch_seconds``: a histogram of host-tier prefetch latencies,
+    exposed as the engine counted it (``EngineStats.prefetch_seconds_buckets``: cumulative
+    counts per ``PREFETCH_SECONDS_BUCKETS`` bound, then +Inf; ``prefetch_seconds`` the sum)."""
+
+    name = "agentspeed_session_prefetch_seconds"
+    doc = "Time to copy a session's KV back from the host tier, per prefetch"
+
+    def __init__(self) -> None:
+        self.stats: EngineStats | None = None
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.doc)]
+
+    def collect(self) -> Iterator[Metric]:
+        bounds = [*map(floatToGoString, PREFETCH_SECONDS_BUCKETS), "+Inf"]
+        stats = self.stats
+        counts = stats.prefetch_seconds_buckets if stats is not None else []
+        if len(counts) != len(bounds):  # no step yet (or an engine without the histogram)
+            counts, total = [0] * len(bounds), 0.0
+        else:
+            total = stats.prefetch_seconds
+        family = HistogramMetricFamily(self.name, self.doc)
+        family.add_metric([], list(zip(bounds, counts)), sum_value=total)
+        yield family
