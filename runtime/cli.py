@@ -13,6 +13,7 @@ import sys
 from engine.config import DRAFTERS, EngineConfig
 from engine.parallel.launch import is_worker_process
 from runtime.state import ServerConfig
+from sessions.manager import STORE_TTL_LEASES
 
 _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
@@ -79,25 +80,29 @@ def chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key or ()),
+                        served_model_name=args.served_model_name,
+                        session_store=args.session_store,
+                        salt_cache_per_key=args.salt_cache_per_key,
+                        max_connections=args.max_connections, lease_s=args.session_lease_s,
+                        max_concurrent_requests=args.max_concurrent_requests,
+                        log_level=args.log_level.upper())
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from runtime.app import create_app
 
-    config = ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key or ()),
-                          served_model_name=args.served_model_name,
-                          session_store=args.session_store,
-                          salt_cache_per_key=args.salt_cache_per_key,
-                          max_connections=args.max_connections, lease_s=args.session_lease_s,
-                          max_concurrent_requests=args.max_concurrent_requests,
-                          log_level=args.log_level.upper())
+    config = server_config_from_args(args)
     app = create_app(config, engine_config_from_args(args))
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
                 ws_max_size=4 * config.max_body_bytes, timeout_graceful_shutdown=10)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentspeed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     chat_parser = sub.add_parser("chat", help="interactive chat with streamed tokens")
@@ -112,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--api-key", action="append", default=None,
                               help="accepted bearer key (repeatable); none: no auth")
     serve_parser.add_argument("--served-model-name", default=None)
-    serve_parser.add_argument("--session-lease-s", type=float, default=ServerConfig.lease_s,
-                              help="how long a finished turn's KV stays pinned")
+    serve_parser.add_argument(
+        "--session-lease-s", type=float, default=ServerConfig.lease_s,
+        help="how long a finished turn's KV stays pinned, renewed by every turn; stored "
+             f"chains live {STORE_TTL_LEASES} leases after their last turn "
+             f"(default: {ServerConfig.lease_s})")
     serve_parser.add_argument("--max-connections", type=int,
                               default=ServerConfig.max_connections, help="open WebSockets")
     serve_parser.add_argument("--max-concurrent-requests", type=int,
@@ -125,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         "--session-store", default=None, metavar="URL",
         help="sqlite:///ABS/PATH, redis://HOST:PORT/DB or memory:// "
              "(default: $AGENTSPEED_CACHE/sessions.sqlite3)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = engine_config_from_args(args)
     if is_worker_process(config):  # torchrun-style launch: ranks > 0 only mirror rank 0

@@ -1,4 +1,5 @@
-"""Engine flags of ``agentspeed serve``/``chat``: parsing into ``EngineConfig`` and validation."""
+"""Flags of ``agentspeed serve``/``chat``: parsing into ``EngineConfig`` / ``ServerConfig``,
+validation, and what the session flags drive."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import argparse
 import pytest
 
 from engine.config import EngineConfig
-from runtime.cli import add_engine_args, engine_config_from_args
+from runtime.cli import (
+    add_engine_args,
+    build_parser,
+    engine_config_from_args,
+    server_config_from_args,
+)
+from runtime.state import ServerConfig
+from sessions.manager import STORE_TTL_LEASES, SessionManager
+from sessions.stores.memory import MemoryStore
 
 
 def _config(*argv: str) -> EngineConfig:
@@ -37,3 +46,33 @@ def test_bad_graph_attention_is_refused() -> None:
         _config("--graph-attention", "cutlass")
     with pytest.raises(ValueError, match="graph_attention"):
         EngineConfig(graph_attention="cutlass")
+
+
+def _serve(*argv: str) -> tuple[ServerConfig, EngineConfig]:
+    args = build_parser().parse_args(["serve", *argv])
+    return server_config_from_args(args), engine_config_from_args(args)
+
+
+def test_session_flags_parse_and_take_effect() -> None:
+    server, engine = _serve()
+    assert (server.lease_s, engine.pin_budget_fraction, engine.host_tier_gb) == (
+        ServerConfig.lease_s, EngineConfig.pin_budget_fraction, EngineConfig.host_tier_gb)
+    server, engine = _serve("--session-lease-s", "30", "--pin-budget-fraction", "0.25",
+                            "--host-tier-gb", "0.5")
+    assert server.lease_s == 30.0
+    assert engine.pin_budget_fraction == 0.25 and engine.host_tier_gb == 0.5
+    # What each one drives: the pin budget in pages, and the store TTL of the retention rule.
+    assert engine.scheduler_config(num_pages=1000, max_model_len=4096).pin_budget_pages == 250
+    assert SessionManager(MemoryStore(), lease_s=server.lease_s).ttl_s == STORE_TTL_LEASES * 30
+    # The host tier in pages is the model runner's: (host_tier_gb GiB) // KV bytes per page;
+    # tests/sessions/test_session_metrics.py checks it on a server.
+
+
+@pytest.mark.parametrize("flag, value, field", [
+    ("--pin-budget-fraction", "1.5", "pin_budget_fraction"),
+    ("--pin-budget-fraction", "-0.1", "pin_budget_fraction"),
+    ("--host-tier-gb", "-1", "host_tier_gb"),
+    ("--session-lease-s", "0", "lease_s")])
+def test_bad_session_flags_are_refused(flag, value, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        _serve(flag, value)
