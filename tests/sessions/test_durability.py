@@ -3,7 +3,8 @@ Redis outage (a turn in flight is still delivered and saved later; fast 503s for
 recovery with no restart). Real ``agentspeed serve`` subprocesses.
 
 Four server processes, at most two at a time: S1 (SQLite), then S2 on S1's file after S1 is
-killed; then A and B on one Redis, shared by the two Redis tests.
+killed; then A and B on one Redis, shared by the Redis tests (store TTLs that follow the lease,
+replica hops, the outage).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import signal
 import time
 
 import httpx
+import msgspec
 import openai
 import pytest
 import redis
 
 from engine.config import EngineConfig
+from sessions.manager import STORE_TTL_LEASES
+from sessions.record import ResponseRecord, tools_fingerprint
 from tests.runtime.server import ServerProcess
 from tests.sessions.conftest import RedisServer, need_redis_server
 
@@ -27,10 +31,16 @@ MODEL = "SmolLM2-135M-Instruct"
 SERVER_ARGS = ("--num-pages", "256", "--max-model-len", "1024")
 GREEDY = {"model": MODEL, "temperature": 0, "max_output_tokens": 8}
 PAGE_SIZE = EngineConfig.page_size  # the servers run with the default
+LEASE_S = 300.0  # --session-lease-s of every server here
+TTL_MS = STORE_TTL_LEASES * LEASE_S * 1000  # the retention rule, in Redis's unit
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"]}}
 
 
 def serve(store_url: str) -> ServerProcess:
-    return ServerProcess("--session-store", store_url, *SERVER_ARGS, api_keys=(API_KEY,))
+    return ServerProcess("--session-store", store_url, "--session-lease-s", str(LEASE_S),
+                         *SERVER_ARGS, api_keys=(API_KEY,))
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
@@ -121,6 +131,38 @@ def test_redis_chain_hops_between_replicas(servers):
     b.responses.delete(r3.id)
     with pytest.raises(openai.NotFoundError):
         a.responses.retrieve(r3.id)
+
+
+def test_redis_ttl_follows_the_lease_and_each_turn_renews_it(servers, redis_server):
+    raw = redis.Redis.from_url(redis_server.url(0))
+    decode = msgspec.msgpack.Decoder(ResponseRecord).decode
+
+    def stored(response_id: str) -> tuple[ResponseRecord, int]:
+        key = f"agentspeed:resp:{response_id}"
+        return decode(raw.get(key)), raw.pttl(key)
+
+    r1 = client(servers["a"]).responses.create(
+        instructions="You are terse.", input="Name a tool.", tools=[WEATHER],
+        tool_choice="none", **GREEDY)
+    rec1, ttl1 = stored(r1.id)
+    assert TTL_MS - 60_000 < ttl1 <= TTL_MS
+    assert rec1.lease_expires_at - rec1.last_used_at == pytest.approx(LEASE_S)
+    assert rec1.tools_fingerprint == tools_fingerprint(rec1.tools) != ""
+    raw.pexpire(f"agentspeed:resp:{r1.id}", 60_000)  # as if most of its life had passed
+    # The next turn, on the other replica, renews the lease and the whole chain's TTL.
+    r2 = client(servers["b"]).responses.create(previous_response_id=r1.id, input="Another.",
+                                               **GREEDY)
+    rec2, ttl2 = stored(r2.id)
+    rec1_again, ttl1 = stored(r1.id)
+    assert rec1_again == rec1  # refreshed, not rewritten
+    for ttl in (ttl1, ttl2):
+        assert TTL_MS - 60_000 < ttl <= TTL_MS
+    assert rec2.session_id == r1.id and rec2.ancestor_ids == [r1.id]
+    assert rec2.last_used_at > rec1.last_used_at
+    assert rec2.lease_expires_at > rec1.lease_expires_at  # the session's expiry moved forward
+    assert rec2.lease_expires_at - rec2.last_used_at == pytest.approx(LEASE_S)
+    assert rec2.tools_fingerprint == rec1.tools_fingerprint  # the tools came with the chain
+    raw.close()
 
 
 def post(server: ServerProcess, body: dict) -> tuple[httpx.Response, float]:
