@@ -213,11 +213,14 @@ class Scheduler:
             room = min(room, request.params.max_tokens - len(request.output_ids))
         return drafts[: max(0, min(budget, room) - 1)]
 
-    def _admit(self, request: Request, budget: int, out: SchedulerOutput) -> int:
-        """Match the cache, lock and allocate; returns the chunk size or 0 if it cannot start."""
+    def _admit(self, request: Request, budget: int, out: SchedulerOutput,
+               reuse: bool = True) -> int:
+        """Match the cache, lock and allocate; returns the chunk size or 0 if it cannot start.
+        ``reuse=False``: compute the whole prompt (the retry when the cached pages it would
+        reuse, locked, leave no room)."""
         ps = self.config.page_size
         num_cached, shared, partial = 0, [], None
-        if self.config.enable_prefix_caching:
+        if self.config.enable_prefix_caching and reuse:
             # Leave at least one token to compute: its logits give the next token.
             prefix = request.all_ids[: request.num_tokens - 1]
             if request.session is not None:
@@ -237,6 +240,11 @@ class Scheduler:
         first_own = len(request.page_ids)
         if not self._reserve(request, num_cached + num_new):
             self._release(request)
+            if (num_cached or partial) and not self.running:
+                # What it would reuse stays locked, with the partial page it copies and the
+                # rest of that node: on a full pool that can be the difference, and with
+                # nothing running nothing else would ever free a page. Recompute instead.
+                return self._admit(request, budget, out, reuse=False)
             return 0
         if partial is not None:
             out.copies.append((partial[0], request.page_ids[first_own], partial[1]))

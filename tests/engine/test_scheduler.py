@@ -95,6 +95,27 @@ def test_second_request_reuses_prefix_and_partial_page():
     run_all(sched)
 
 
+def test_partial_page_lock_never_strands_a_lone_request():
+    """What a request reuses stays locked while it runs: the shared page, the partial page it
+    copies and the rest of their node. On a pool where that is the difference and nothing
+    runs, the request must start by recomputing instead of waiting forever (found by a server
+    test: the engine loop spun with the request never admitted)."""
+    sched = make(num_pages=9)  # 8 usable pages of 4 tokens
+    a = req("a", list(range(100, 106)), max_tokens=1)  # caches 1 full page + 2 tokens
+    sched.add(a)
+    run_all(sched)
+    assert (sched.pool.num_free, sched.cache.num_cached_pages) == (6, 2)
+    # 30 tokens: 8 pages in all. Sharing page 1 and copying 1 token of page 2 locks both: 7
+    # own pages needed, 6 free, none evictable. Recomputing: 8 needed, 6 free + 2 evictable.
+    b = req("b", list(range(100, 105)) + list(range(500, 525)), max_tokens=2)
+    sched.add(b)
+    out = run_step(sched)
+    assert [s.request.request_id for s in out.requests] == ["b"] and not out.copies
+    assert b.num_cached_tokens == 0 and b.num_shared_pages == 0
+    run_all(sched)
+    assert b.finish_reason is not None and len(b.output_ids) == 2
+
+
 def test_identical_prompt_keeps_one_token_to_compute():
     sched = make()
     sched.add(req("a", list(range(1, 9)), max_tokens=1))
