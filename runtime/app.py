@@ -88,7 +88,7 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
             yield
         finally:
             await app.state.server.engine.shutdown()
-            await app.state.server.sessions.store.close()
+            await app.state.server.sessions.close()  # a last flush of turns waiting for the store
 
     app = FastAPI(title="agentspeed", lifespan=lifespan, docs_url=None, redoc_url=None)
 
