@@ -339,3 +339,39 @@ def test_grammar_constrained_decoding_on_gpu(tmp_path) -> None:
         assert isinstance(value["name"], str) and len(value["name"]) <= 8, out.text
     assert len(outs[2].token_ids) == 20
     llm.engine.scheduler.check_integrity()
+
+
+def test_host_tier_round_trip_through_pinned_memory(tmp_path) -> None:
+    """A session past its lease is backed up into pinned host memory; once its device pages are
+    evicted, the next turn prefetches it back: the KV it reads is bit-exact."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+    from engine.session_pins import SessionHint
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    llm = LLM(_tiny_model_dir(tmp_path), dtype="bfloat16", load_format="dummy", num_pages=64,
+              page_size=16)
+    sched, runner = llm.engine.scheduler, llm.engine.runner
+    prompt = list(range(300, 400))
+    out = llm.generate([prompt], greedy, sessions=[SessionHint("s", lease_s=600.0)])[0]
+    history = prompt + out.token_ids
+    kv_tokens = history[:-1]  # the last sampled token has no KV yet
+
+    def path_kv():
+        ids = torch.tensor(sched.cache.match_prefix(kv_tokens).pages)
+        return [torch.stack(t).cpu() for t in runner.kv_cache.read_pages(ids)]
+
+    k_ref, v_ref = path_kv()
+    sched.sessions.clock = lambda: 1e12  # every lease is over
+    llm.engine.step()  # demotion: backed up to the host tier
+    k_host, v_host = runner.host_tier.copies["s"]
+    assert k_host.is_pinned() and v_host.is_pinned()
+    assert torch.equal(k_host, k_ref) and torch.equal(v_host, v_ref)
+    sched.pool.free(sched.cache.evict(10**6))  # the device copy is gone
+    assert sched.cache.match_prefix(kv_tokens).pages == []
+    out = llm.generate([history + [11, 12]], greedy, sessions=[SessionHint("s", lease_s=600.0)])
+    assert sched.sessions.stats.num_prefetches == 1  # whole pages come back; the tail is redone
+    assert out[0].num_cached_tokens >= len(kv_tokens) // 16 * 16
+    k_back, v_back = path_kv()
+    assert torch.equal(k_back, k_ref) and torch.equal(v_back, v_ref)
+    sched.check_integrity()
