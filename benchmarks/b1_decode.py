@@ -37,6 +37,27 @@ QWEN3_8B = dict(
 PROMPT_LEN, NEW_TOKENS = 512, 256
 
 
+def add_fast_path_args(parser: argparse.ArgumentParser) -> None:
+    """The engine's decode fast-path switches (EngineConfig fields of the same names)."""
+    parser.add_argument("--graph-attention", default="auto",
+                        choices=["auto", "flashinfer", "triton"])
+    parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
+                        help="few-row linears through the Triton GEMV (kernels.ops.gemv)")
+    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
+                        help="programmatic dependent launch for the Triton kernels")
+
+
+def fast_path(args: argparse.Namespace) -> dict:
+    """``add_fast_path_args``' values as EngineConfig keywords."""
+    return dict(graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl)
+
+
+def fast_path_argv(args: argparse.Namespace) -> list[str]:
+    """``add_fast_path_args``' values as command-line flags (for a child process)."""
+    return ["--graph-attention", args.graph_attention, "--gemv" if args.gemv else "--no-gemv",
+            "--pdl" if args.pdl else "--no-pdl"]
+
+
 def copy_bandwidth(num_bytes: int = 2 << 30) -> float:
     """Bytes/s of a device-to-device copy, counting read + write; median of 20."""
     x = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
@@ -188,12 +209,7 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true")
     parser.add_argument("--no-eager", action="store_true")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler pass")
-    parser.add_argument("--graph-attention", default="auto",
-                        choices=["auto", "flashinfer", "triton"])
-    parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
-                        help="few-row linears through the Triton GEMV (kernels.ops.gemv)")
-    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
-                        help="programmatic dependent launch for the Triton kernels")
+    add_fast_path_args(parser)
     parser.add_argument("--gemv-one-row-max", type=int, default=None,
                         help="override kernels.ops.gemv.ONE_ROW_MAX_OUT (A/B of the GEMV rule)")
     args = parser.parse_args()
@@ -210,8 +226,7 @@ def main() -> None:
     max_batch = max(args.batches)
     pages = max_batch * -(-(PROMPT_LEN + NEW_TOKENS) // 16) + 64
     engine_args = dict(dtype="bfloat16", load_format="dummy", num_pages=pages,
-                       max_num_seqs=max_batch, max_model_len=1024,
-                       graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl)
+                       max_num_seqs=max_batch, max_model_len=1024, **fast_path(args))
     if args.gemv_one_row_max is not None:
         gemv_ops.ONE_ROW_MAX_OUT = args.gemv_one_row_max
     print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl} "
@@ -289,8 +304,7 @@ def main() -> None:
     for name, b in baselines.items():
         print(f"baseline {name}: {b['tok_s']:.1f} tok/s")
     print(json.dumps(dict(benchmark="b1_decode", device=device, commit=commit(), graphs=graphs,
-                          graph_attention=args.graph_attention, gemv=args.gemv, pdl=args.pdl,
-                          copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines,
+                          **fast_path(args), copy_bw_tbs=bw / 1e12, rows=rows, baselines=baselines,
                           overlap=True, profiles=profiles)))
 
 

@@ -38,7 +38,17 @@ import threading
 import time
 
 import torch
-from b1_decode import NEW_TOKENS, PROMPT_LEN, QWEN3_8B, commit, copy_bandwidth, run_batch
+from b1_decode import (
+    NEW_TOKENS,
+    PROMPT_LEN,
+    QWEN3_8B,
+    add_fast_path_args,
+    commit,
+    copy_bandwidth,
+    fast_path,
+    fast_path_argv,
+    run_batch,
+)
 
 ARCHS = {
     "qwen3-8b": QWEN3_8B,
@@ -208,8 +218,8 @@ def run_config(args: argparse.Namespace) -> dict:
     llm = LLM(model_dir(args.arch, args.tokenizer_dir), tensor_parallel_size=tp,
               dtype="bfloat16", load_format="dummy", num_pages=pages, max_num_seqs=max_batch,
               max_model_len=1024, attention_backend=args.attention_backend,
-              enforce_eager=args.enforce_eager, graph_attention=args.graph_attention,
-              gemv=args.gemv, pdl=args.pdl, tp_one_shot_all_reduce=not args.nccl_only)
+              enforce_eager=args.enforce_eager, tp_one_shot_all_reduce=not args.nccl_only,
+              **fast_path(args))
     runner = llm.engine.runner
     graphs = runner.graphs is not None
     print(f"tp {tp}: engine up in {time.perf_counter() - t0:.1f} s (graphs: {graphs})",
@@ -231,9 +241,7 @@ def run_config(args: argparse.Namespace) -> dict:
                          symm_mem_allreduce_ms=ar.get(batch, {}).get("symm_mem_one_shot"),
                          bytes_per_step_all_ranks=tp * step_bytes(runner, batch),
                          graphs=graphs, copy_bw_tbs=bw / 1e12,
-                         engine_all_reduce=all_reduce_path,
-                         graph_attention=args.graph_attention, gemv=args.gemv,
-                         pdl=args.pdl))
+                         engine_all_reduce=all_reduce_path, **fast_path(args)))
         print(f"tp {tp} batch {batch}: {batch / step_s:.1f} tok/s "
               f"({rows[-1]['pct_roofline']:.1f}% of {batch / roof_step_s:.1f})", flush=True)
     # The result first: a tear-down that hangs must not lose the numbers.
@@ -250,9 +258,7 @@ def run_child(args: argparse.Namespace, tp: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--arch", args.arch,
            "--tp-size", str(tp), "--batches", *map(str, args.batches), "--tokenizer-dir",
            args.tokenizer_dir, "--attention-backend", args.attention_backend]
-    cmd += ["--graph-attention", args.graph_attention]
-    cmd.append("--gemv" if args.gemv else "--no-gemv")
-    cmd.append("--pdl" if args.pdl else "--no-pdl")
+    cmd += fast_path_argv(args)
     for flag in ("enforce_eager", "nccl_only"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
@@ -299,12 +305,7 @@ def main() -> None:
                         help="eager attention (auto: triton); the decode graphs take "
                              "--graph-attention")
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--graph-attention", default="auto",
-                        choices=["auto", "flashinfer", "triton"])
-    parser.add_argument("--gemv", action=argparse.BooleanOptionalAction, default=True,
-                        help="EngineConfig.gemv")
-    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
-                        help="EngineConfig.pdl")
+    add_fast_path_args(parser)
     parser.add_argument("--nccl-only", action="store_true",
                         help="engine all-reduces through NCCL only (no one-shot)")
     parser.add_argument("--timeout-s", type=float, default=480.0, help="per configuration")
