@@ -27,7 +27,7 @@ from engine.sampler import SampledToken, Sampler, SampleRow, make_generator, nee
 from engine.scheduler import SchedulerOutput
 from engine.step_batch import StepBatch, build_step_batch
 from engine.tokenizer import load_tokenizer
-from kernels._triton import HAS_TRITON, set_pdl
+from kernels._triton import HAS_TRITON, pack_aligned, set_pdl
 from kernels.attention import AttentionBatch, KVCache, create_backend
 from kernels.ops import set_gemv
 
@@ -385,11 +385,9 @@ class ModelRunner:
         return max_rows
 
     def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
-        """int64 device tensors of ``lists`` through one pinned host->device copy (no sync)."""
-        flat = torch.tensor([v for values in lists for v in values], dtype=torch.int64)
-        if self.device.type == "cuda":
-            flat = flat.pin_memory()
-        return list(flat.to(self.device, non_blocking=True).split([len(v) for v in lists]))
+        """int64 device tensors of ``lists`` through one pinned host->device copy (no sync),
+        each 16-byte aligned (``pack_aligned``: no Triton recompiles mid-serve)."""
+        return pack_aligned(list(lists), torch.int64, self.device, pin=True)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)

@@ -1,7 +1,8 @@
 """Triton paged attention: the portable GPU backend (and, interpreted, testable on CPU).
 
 ``plan`` packs the batch's index tensors into one int32 host tensor and copies it to the device
-once (``cu_q_lens``, ``kv_lens``, the decode and extend sequence ids, a zero-padded page table),
+once (``cu_q_lens``, ``kv_lens``, the decode and extend sequence ids, a zero-padded page table,
+each 16-byte aligned, the table 16 pages wide or a multiple: see ``pack_aligned``),
 then picks the decode KV split. ``forward`` stores k/v with the fused store kernel and launches
 at most three kernels: split-KV decode over the ``q_len == 1`` rows (plus the merge of its
 splits) and causal extend over the rest. No host synchronisation happens in ``forward``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import interpreting, next_pow2, triton
+from kernels._triton import interpreting, next_pow2, pack_aligned, triton
 from kernels.attention import triton_kernels as tk
 from kernels.attention.base import AttentionBackend, AttentionBatch
 from kernels.kv_cache import KVCache
@@ -55,7 +56,9 @@ class TritonAttention(AttentionBackend):
         page_size = self.kv_cache.page_size
         num_seqs = batch.num_seqs
         page_counts = [_cdiv(kv_len, page_size) for kv_len in batch.kv_lens]
-        max_pages = max(page_counts, default=1) or 1
+        # The table's row stride is a kernel argument: a multiple of 16 always, so Triton's
+        # divisibility specialisation never compiles a new variant mid-serve (a ~1 s stall).
+        max_pages = _cdiv(max(page_counts, default=1) or 1, 16) * 16
         cu_q_lens = [0]
         for q_len, kv_len in zip(batch.q_lens, batch.kv_lens):
             assert 0 < q_len <= kv_len, "each sequence needs new tokens within its context"
@@ -67,11 +70,8 @@ class TritonAttention(AttentionBackend):
             assert len(pages) >= count, "page table shorter than the context"
             table.extend(pages[:count])
             table.extend([0] * (max_pages - count))
-        packed = torch.tensor(
-            cu_q_lens + list(batch.kv_lens) + decode_ids + extend_ids + table, dtype=torch.int32
-        ).to(self.kv_cache.device)
-        sizes = [num_seqs + 1, num_seqs, len(decode_ids), len(extend_ids), len(table)]
-        parts = packed.split(sizes)
+        parts = pack_aligned([cu_q_lens, list(batch.kv_lens), decode_ids, extend_ids, table],
+                             torch.int32, self.kv_cache.device)
         self._cu_q_lens, self._kv_lens, self._decode_ids, self._extend_ids = parts[:4]
         self._page_table = parts[4].view(num_seqs, max_pages)
         self._slot_mapping = batch.slot_mapping

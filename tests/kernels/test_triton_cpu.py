@@ -89,3 +89,33 @@ def test_pdl_launches_only_on_cuda() -> None:
     finally:
         set_pdl(previous)
     assert pdl_args(torch.zeros(2)) == {"USE_PDL": False}
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_pack_aligned_views_start_on_16_bytes(dtype: torch.dtype) -> None:
+    """Index tensors packed for one copy keep their values, and every view starts on a 16-byte
+    boundary whatever the lengths before it (Triton would compile a variant per alignment)."""
+    from kernels._triton import pack_aligned
+
+    lists = [[1, 2, 3], [], [4], list(range(7)), [5, 6]]
+    parts = pack_aligned(lists, dtype, "cpu")
+    assert [p.tolist() for p in parts] == lists
+    assert all(p.dtype == dtype and p.data_ptr() % 16 == 0 for p in parts)
+
+
+def test_triton_plan_page_table_is_16_pages_wide() -> None:
+    """The eager Triton backend's page table (a kernel argument's row stride) is padded to a
+    multiple of 16 pages, so its divisibility never changes between batches."""
+    from kernels.attention import AttentionBatch, KVCache
+    from kernels.attention.triton_backend import TritonAttention
+
+    cache = KVCache(1, 64, 4, 2, 16, torch.float32, "cpu")
+    attn = TritonAttention(cache, 4, 0.25)
+    for kv_lens in ([3], [70, 5], [9, 130, 1]):
+        pages = [list(range(1, 1 + -(-n // 4))) for n in kv_lens]
+        attn.plan(AttentionBatch([1] * len(kv_lens), kv_lens, pages,
+                                 torch.zeros(len(kv_lens), dtype=torch.int64)))
+        table = attn._page_table
+        assert table.stride(0) % 16 == 0 and table.data_ptr() % 16 == 0
+        for row, ids in zip(table.tolist(), pages):
+            assert row[:len(ids)] == ids and not any(row[len(ids):])
