@@ -358,7 +358,8 @@ def test_host_tier_round_trip_through_pinned_memory(tmp_path) -> None:
     kv_tokens = history[:-1]  # the last sampled token has no KV yet
 
     def path_kv():
-        ids = torch.tensor(sched.cache.match_prefix(kv_tokens).pages)
+        ids = torch.tensor(sched.cache.match_prefix(kv_tokens).pages,
+                           device=runner.kv_cache.device)
         return [torch.stack(t).cpu() for t in runner.kv_cache.read_pages(ids)]
 
     k_ref, v_ref = path_kv()
