@@ -376,3 +376,40 @@ def test_host_tier_round_trip_through_pinned_memory(tmp_path) -> None:
     k_back, v_back = path_kv()
     assert torch.equal(k_back, k_ref) and torch.equal(v_back, v_ref)
     sched.check_integrity()
+
+
+def test_launched_decode_steps_never_synchronise(tmp_path) -> None:
+    """Overlap scheduling's claim, checked by CUDA itself: with torch's sync debug mode set to
+    raise, launching steady-state decode steps (graph replay, on-device greedy sampling, the
+    asynchronous copy of the tokens) performs no host synchronisation; the one wait of a step is
+    ``collect``'s, on the event behind that copy."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    llm = LLM(_tiny_model_dir(tmp_path), dtype="bfloat16", load_format="dummy", num_pages=64,
+              page_size=16, max_num_seqs=4)
+    engine, runner = llm.engine, llm.engine.runner
+    assert engine.overlap and runner.graphs is not None
+    launch, launched = runner.launch, []
+
+    def checked_launch(out, prev=None):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step = launch(out, prev)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        launched.append(prev is not None)
+        return step
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    for i in range(3):
+        engine.add_request(f"r{i}", [7 + i] * (20 + 5 * i), greedy)
+    for _ in range(3):  # prefill and the first decode steps, unchecked
+        engine.step()
+    runner.launch = checked_launch
+    try:
+        while engine.has_unfinished():
+            engine.step()
+    finally:
+        runner.launch = launch
+    assert sum(launched) >= 15, f"only {sum(launched)} steps were launched ahead"
