@@ -148,7 +148,8 @@ def skip(report: dict, concurrency: int, why: str) -> None:
 def server_deltas(before: dict[str, float], after: dict[str, float]) -> dict:
     keys = {"preemptions": "agentspeed_preemptions",
             "demotions": "agentspeed_session_demotions",
-            "prefetches": "agentspeed_session_prefetches"}
+            "prefetches": "agentspeed_session_prefetches",
+            "kernel_builds": "agentspeed_kernel_builds"}
     out = {k: after.get(m, 0) - before.get(m, 0) for k, m in keys.items() if m in after}
     evicted = [v - before.get(k, 0) for k, v in after.items()
                if k.startswith("agentspeed_evicted_pages")]

@@ -38,6 +38,7 @@ from engine.ipc import (
 from engine.parallel import TensorParallel, TensorParallelError
 from engine.parallel.context import close_tensor_parallel
 from engine.spec import SpecStats
+from kernels._triton import num_kernel_builds
 
 logger = logging.getLogger(__name__)
 _IDLE_POLL_MS = 500  # how often an idle engine checks that its parent is alive
@@ -207,4 +208,5 @@ class _Loop:
             prefetch_seconds_buckets=list(host_tier.prefetch_buckets),
             num_spec_verify_steps=spec.num_verify_steps,
             num_spec_draft_tokens=spec.num_draft_tokens,
-            num_spec_accepted_tokens=spec.num_accepted_tokens)
+            num_spec_accepted_tokens=spec.num_accepted_tokens,
+            num_kernel_builds=num_kernel_builds())

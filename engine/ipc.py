@@ -73,6 +73,9 @@ class EngineStats(msgspec.Struct):
     num_spec_verify_steps: int = 0  # request-steps that verified at least one draft
     num_spec_draft_tokens: int = 0  # drafts verified
     num_spec_accepted_tokens: int = 0  # drafts accepted
+    # Triton kernel variants the engine process built so far (start-up included); one built
+    # while serving stalled a step for up to about a second.
+    num_kernel_builds: int = 0
 
 
 class EngineReady(msgspec.Struct, tag="ready"):

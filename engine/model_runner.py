@@ -27,7 +27,7 @@ from engine.sampler import SampledToken, Sampler, SampleRow, make_generator, nee
 from engine.scheduler import SchedulerOutput
 from engine.step_batch import StepBatch, build_step_batch
 from engine.tokenizer import load_tokenizer
-from kernels._triton import HAS_TRITON, pack_aligned, set_pdl
+from kernels._triton import HAS_TRITON, pack_aligned, set_pdl, track_kernel_builds
 from kernels.attention import AttentionBatch, KVCache, create_backend
 from kernels.ops import set_gemv
 
@@ -110,6 +110,8 @@ class ModelRunner:
         self._grammar_compiler: GrammarCompiler | None = None  # built by the first grammar
         set_gemv(config.gemv)  # read at each call, so captured (or not) into the graphs
         set_pdl(config.pdl)
+        if HAS_TRITON:
+            track_kernel_builds()  # builds after start-up are stalls: counted for /metrics
         if (self.tp is not None and self.device.type == "cuda"
                 and config.tp_one_shot_all_reduce):  # before any graph capture
             rows = self._max_graph_rows()

@@ -16,6 +16,7 @@ the ordinary way (cuBLAS, torch) still wait for everything before them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Any
 
@@ -37,6 +38,8 @@ except ImportError:  # pragma: no cover - depends on the install
 
     triton = None  # type: ignore[assignment]
     tl = _Stub()  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 
 def jit(fn=None, **kwargs):
@@ -108,6 +111,39 @@ def pack_aligned(lists: list[list[int]], dtype: torch.dtype, device: torch.devic
     else:
         packed = host.to(device)
     return [packed[o:o + len(values)] for o, values in zip(offsets, lists)]
+
+
+_BUILDS = 0  # Triton kernel variants built in this process (track_kernel_builds)
+
+
+def track_kernel_builds() -> bool:
+    """Count every Triton kernel variant this process builds (a JIT compile, or a load from
+    Triton's disk cache: either way a new specialisation). Once serving, each one is a stall of
+    up to about a second, so the count goes to ``/metrics``. Chains to a hook already installed;
+    idempotent. Returns whether this Triton offers the hook (3.4 and later)."""
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None or not hasattr(runtime, "jit_post_compile_hook"):
+        return False
+    previous = runtime.jit_post_compile_hook
+    if getattr(previous, "counts_kernel_builds", False):
+        return True
+
+    def hook(**kwargs: Any) -> Any:
+        global _BUILDS
+        _BUILDS += 1
+        fn = kwargs.get("fn")
+        logger.debug("built Triton kernel variant %s (%d in this process)",
+                     getattr(fn, "name", "?"), _BUILDS)
+        return previous(**kwargs) if previous is not None else None
+
+    hook.counts_kernel_builds = True  # type: ignore[attr-defined]
+    runtime.jit_post_compile_hook = hook
+    return True
+
+
+def num_kernel_builds() -> int:
+    """Triton kernel variants built in this process since ``track_kernel_builds``."""
+    return _BUILDS
 
 
 def next_pow2(n: int) -> int:

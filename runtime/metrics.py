@@ -75,6 +75,10 @@ class Metrics:
         self.spec_tokens = Gauge("agentspeed_spec_draft_tokens",
                                  "Speculative draft tokens verified, and accepted", ["outcome"],
                                  registry=r)
+        self.kernel_builds = Gauge("agentspeed_kernel_builds",
+                                   "Triton kernel variants the engine process built so far, "
+                                   "start-up included (one built while serving stalls a step)",
+                                   registry=r)
         self.connections = Gauge("agentspeed_websocket_connections", "Open WebSockets",
                                  registry=r)
         self.saves_pending = Gauge("agentspeed_session_saves_pending",
@@ -115,6 +119,7 @@ class Metrics:
         self.spec_steps.set(stats.num_spec_verify_steps)
         self.spec_tokens.labels("drafted").set(stats.num_spec_draft_tokens)
         self.spec_tokens.labels("accepted").set(stats.num_spec_accepted_tokens)
+        self.kernel_builds.set(stats.num_kernel_builds)
 
     def observe_finished(self, final: Finished, start_s: float, end_s: float) -> None:
         """One finished generation; ``start_s`` / ``end_s`` (``time.monotonic()``) are when it

@@ -119,3 +119,32 @@ def test_triton_plan_page_table_is_16_pages_wide() -> None:
         assert table.stride(0) % 16 == 0 and table.data_ptr() % 16 == 0
         for row, ids in zip(table.tolist(), pages):
             assert row[:len(ids)] == ids and not any(row[len(ids):])
+
+
+def test_kernel_builds_are_counted_chaining_an_earlier_hook(monkeypatch) -> None:
+    """Every Triton kernel variant built goes through the post-compile hook: it is counted,
+    a hook installed before ours still runs, installing twice counts once, and the count
+    reaches the ``agentspeed_kernel_builds`` gauge through the engine's stats."""
+    triton = pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from engine.ipc import EngineStats
+    from kernels import _triton
+    from runtime.metrics import Metrics
+
+    runtime = triton.knobs.runtime
+    seen = []
+    monkeypatch.setattr(runtime, "jit_post_compile_hook", lambda **kw: seen.append(kw["repr"]))
+    monkeypatch.setattr(_triton, "_BUILDS", 0)
+    assert _triton.track_kernel_builds() and _triton.track_kernel_builds()
+    for name in ("a", "b"):  # the keywords Triton passes (runtime/jit.py, _call_hook)
+        runtime.jit_post_compile_hook(key=(), repr=name, fn=SimpleNamespace(name=name),
+                                      compile={}, is_manual_warmup=False,
+                                      already_compiled=False)
+    assert _triton.num_kernel_builds() == 2 and seen == ["a", "b"]
+    metrics = Metrics()
+    metrics.observe_engine(EngineStats(
+        num_running=0, num_waiting=0, num_free_pages=1, num_cached_pages=0, num_total_pages=1,
+        num_computed_tokens=0, num_cached_tokens=0, num_preemptions=0,
+        num_kernel_builds=_triton.num_kernel_builds()))
+    assert metrics.registry.get_sample_value("agentspeed_kernel_builds") == 2
