@@ -98,7 +98,7 @@ def pack_aligned(lists: list[list[int]], dtype: torch.dtype, device: torch.devic
     batch-dependent offsets would make it compile a new kernel variant (a stall of about a
     second) whenever a new combination of alignments shows up mid-serve. ``pin``: copy
     asynchronously from pinned host memory."""
-    per = 16 // torch.empty((), dtype=dtype).element_size()
+    per = 16 // dtype.itemsize  # elements per 16 bytes
     flat: list[int] = []
     offsets = []
     for values in lists:
