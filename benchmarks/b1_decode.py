@@ -211,7 +211,9 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler pass")
     add_fast_path_args(parser)
     parser.add_argument("--gemv-one-row-max", type=int, default=None,
-                        help="override kernels.ops.gemv.ONE_ROW_MAX_OUT (A/B of the GEMV rule)")
+                        help="one-row GEMV up to this many outputs on any device (A/B of the rule)")
+    parser.add_argument("--gemv-wide-config", default=None, metavar="BLOCK_N,BLOCK_K,WARPS",
+                        help="override kernels.ops.gemv.WIDE_CONFIG (A/B of the tile)")
     args = parser.parse_args()
     from engine.llm import LLM
     from kernels.ops import gemv as gemv_ops
@@ -229,8 +231,12 @@ def main() -> None:
                        max_num_seqs=max_batch, max_model_len=1024, **fast_path(args))
     if args.gemv_one_row_max is not None:
         gemv_ops.ONE_ROW_MAX_OUT = args.gemv_one_row_max
+    if args.gemv_wide_config:
+        gemv_ops.WIDE_CONFIG = tuple(int(v) for v in args.gemv_wide_config.split(","))
+    one_row_max = gemv_ops.one_row_max_out(torch.device("cuda", torch.cuda.current_device()))
     print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl} "
-          f"gemv_one_row_max={gemv_ops.ONE_ROW_MAX_OUT}", flush=True)
+          f"gemv_one_row_max={one_row_max} wide={gemv_ops.WIDE_CONFIG}",
+          flush=True)
     t0 = time.perf_counter()
     try:
         llm = LLM(path, **engine_args)

@@ -13,6 +13,9 @@ bf16/fp16, one or two rows, ``set_gemv(True)``); everything else is ``F.linear``
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -27,21 +30,46 @@ DEFAULT_CONFIG = (8, 512, 4)
 _ENABLED = False  # set_gemv; the engine sets it from EngineConfig.gemv
 
 
-# One row: the GEMV up to this many output features. gate_up (24576) stays on cuBLAS: a tie in
-# the kernel table on an H200 and 2-3% slower in B1 there (+6% in the H100 kernel table, not
-# measured end to end); the LM head's vocabulary-wide matmul reads at copy speed in cuBLAS.
-ONE_ROW_MAX_OUT = 8192
+# One row, more than 8192 output features (gate_up: 24576 in Qwen3-8B): the GEMV only on
+# devices where it measured faster end to end: B1 batch 1 +4.5% on an H100, +0.2% on an H200
+# (within noise: cuBLAS stays there; docs/benchmarks.md). Up to this many outputs; the LM head's
+# vocabulary-wide matmul stays on cuBLAS, which reads it at copy speed.
+WIDE_MAX_OUT = 32768
+WIDE_DEVICES = ("H100",)  # substrings of torch.cuda.get_device_name
+WIDE_CONFIG = (8, 512, 4)
+# AGENTSPEED_GEMV_ONE_ROW_MAX=<n> (A/B runs, also in tensor-parallel workers): one row up to n
+# outputs on any device, instead of the per-device rule.
+ONE_ROW_MAX_OUT: int | None = (int(os.environ["AGENTSPEED_GEMV_ONE_ROW_MAX"])
+                               if os.environ.get("AGENTSPEED_GEMV_ONE_ROW_MAX") else None)
 
 
-def gemv_config(rows: int, out_features: int) -> tuple[int, int, int] | None:
+@functools.cache
+def _wide_device(index: int | None) -> bool:
+    name = torch.cuda.get_device_name(index)
+    return any(d in name for d in WIDE_DEVICES)
+
+
+def one_row_max_out(device: torch.device | None) -> int:
+    """The widest layer a one-row input takes through the GEMV on ``device``."""
+    if ONE_ROW_MAX_OUT is not None:
+        return ONE_ROW_MAX_OUT
+    if device is not None and device.type == "cuda" and _wide_device(device.index):
+        return WIDE_MAX_OUT
+    return 8192
+
+
+def gemv_config(rows: int, out_features: int,
+                device: torch.device | None = None) -> tuple[int, int, int] | None:
     """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200, bf16,
-    Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to ``ONE_ROW_MAX_OUT`` output
-    features (o/down +10-23%, qkv +6%), two rows up to 4096 (+9-14%); at four rows and on
-    wider layers cuBLAS wins."""
+    Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to 8192 output features (o/down
+    +10-23%, qkv +6%) and up to ``one_row_max_out(device)``, two rows up to 4096 (+9-14%); at
+    four rows and on wider layers cuBLAS wins."""
     if rows == 1 and out_features <= 4096:
         return (4, 512, 4)
-    if rows == 1 and out_features <= ONE_ROW_MAX_OUT:
+    if rows == 1 and out_features <= 8192:
         return (8, 512, 4)
+    if rows == 1 and out_features <= one_row_max_out(device):
+        return WIDE_CONFIG
     if rows == 2 and out_features <= 4096:
         return (4, 1024, 4)
     return None
@@ -125,15 +153,21 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x @ weight^T`` may take the GEMV: enabled, a few contiguous half-precision rows
+    where Triton runs (then ``gemv_config`` decides by shape)."""
+    return (_ENABLED and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and use_triton(x)
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and x.stride(1) == 1 and weight.stride(1) == 1)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            silu_mul: bool = False) -> torch.Tensor:
     """``F.linear``, through the Triton GEMV for one or two rows of half-precision CUDA input
     where ``gemv_config`` says it is faster. ``silu_mul``: ``x`` is ``[gate | up]`` and the
     input is ``silu(gate) * up`` (fused into the GEMV when it runs, else ``ops.silu_mul``)."""
-    if (_ENABLED and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and use_triton(x)
-            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
-            and x.stride(1) == 1 and weight.stride(1) == 1):
-        config = gemv_config(x.shape[0], weight.shape[0])
+    if gemv_applies(x, weight):
+        config = gemv_config(x.shape[0], weight.shape[0], x.device)
         if config is not None:
             return gemv_triton(x, weight, bias, config, silu_mul)
     return F.linear(silu_mul_op(x) if silu_mul else x, weight, bias)

@@ -78,6 +78,27 @@ def test_linear_falls_back_to_torch_on_cpu() -> None:
         set_gemv(previous)
 
 
+def test_wide_one_row_layers_take_the_gemv_only_where_measured(monkeypatch) -> None:
+    """gate_up-wide one-row layers go to the GEMV on the listed devices (or when the A/B
+    override says so), never the vocabulary-wide LM head; elsewhere they stay on cuBLAS."""
+    from kernels.ops import gemv
+
+    monkeypatch.setattr(gemv, "ONE_ROW_MAX_OUT", None)
+    cpu = torch.device("cpu")
+    assert gemv.gemv_config(1, 6144, cpu) == (8, 512, 4)
+    assert gemv.gemv_config(1, 24576, cpu) is None
+    assert gemv.gemv_config(4, 4096, cpu) is None
+    monkeypatch.setattr(gemv, "_wide_device", lambda index: True)
+    cuda = torch.device("cuda", 0)
+    assert gemv.gemv_config(1, 24576, cuda) == gemv.WIDE_CONFIG
+    assert gemv.gemv_config(1, 151936, cuda) is None
+    assert gemv.gemv_config(2, 24576, cuda) is None
+    monkeypatch.setattr(gemv, "_wide_device", lambda index: False)
+    assert gemv.gemv_config(1, 24576, cuda) is None
+    monkeypatch.setattr(gemv, "ONE_ROW_MAX_OUT", 32768)
+    assert gemv.gemv_config(1, 24576, cpu) == gemv.WIDE_CONFIG
+
+
 def test_pdl_launches_only_on_cuda() -> None:
     """PDL is a launch attribute of SM90+ CUDA devices: with the switch on, CPU tensors (plain or
     interpreted) still launch without it, and the kernels' ``USE_PDL`` stays off."""
