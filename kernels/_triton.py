@@ -113,7 +113,7 @@ def pack_aligned(lists: list[list[int]], dtype: torch.dtype, device: torch.devic
     return [packed[o:o + len(values)] for o, values in zip(offsets, lists)]
 
 
-_BUILDS = 0  # Triton kernel variants built in this process (track_kernel_builds)
+_BUILDS: list[str] = []  # what track_kernel_builds saw built: Triton's repr of each variant
 
 
 def track_kernel_builds() -> bool:
@@ -129,11 +129,10 @@ def track_kernel_builds() -> bool:
         return True
 
     def hook(**kwargs: Any) -> Any:
-        global _BUILDS
-        _BUILDS += 1
         fn = kwargs.get("fn")
-        logger.debug("built Triton kernel variant %s (%d in this process)",
-                     getattr(fn, "name", "?"), _BUILDS)
+        _BUILDS.append(str(kwargs.get("repr") or getattr(fn, "name", "?")))
+        logger.debug("built Triton kernel variant %s (%d in this process)", _BUILDS[-1],
+                     len(_BUILDS))
         return previous(**kwargs) if previous is not None else None
 
     hook.counts_kernel_builds = True  # type: ignore[attr-defined]
@@ -143,7 +142,13 @@ def track_kernel_builds() -> bool:
 
 def num_kernel_builds() -> int:
     """Triton kernel variants built in this process since ``track_kernel_builds``."""
-    return _BUILDS
+    return len(_BUILDS)
+
+
+def built_kernels() -> list[str]:
+    """Triton's description (name, launch options, argument specialisation) of each variant
+    built since ``track_kernel_builds``, oldest first."""
+    return list(_BUILDS)
 
 
 def next_pow2(n: int) -> int:

@@ -133,7 +133,9 @@ class TritonAttention(AttentionBackend):
                 tk.merge_kernel[(self._num_decode, self.num_q_heads)](
                     out, mid_o, mid_lse, self._decode_ids, self._cu_q_lens,
                     out.stride(0), out.stride(1), self.num_q_heads, head_dim, splits,
-                    BLOCK_S=next_pow2(splits), BLOCK_D=self.block_d,
+                    # One variant for every split count (a count-sized block would build a
+                    # new kernel mid-serve the first time a longer context splits further).
+                    BLOCK_S=next_pow2(_MAX_SPLITS), BLOCK_D=self.block_d,
                     num_warps=self.num_warps,
                 )
         if self._num_extend:

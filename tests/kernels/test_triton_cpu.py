@@ -156,16 +156,51 @@ def test_kernel_builds_are_counted_chaining_an_earlier_hook(monkeypatch) -> None
     runtime = triton.knobs.runtime
     seen = []
     monkeypatch.setattr(runtime, "jit_post_compile_hook", lambda **kw: seen.append(kw["repr"]))
-    monkeypatch.setattr(_triton, "_BUILDS", 0)
+    monkeypatch.setattr(_triton, "_BUILDS", [])
     assert _triton.track_kernel_builds() and _triton.track_kernel_builds()
     for name in ("a", "b"):  # the keywords Triton passes (runtime/jit.py, _call_hook)
         runtime.jit_post_compile_hook(key=(), repr=name, fn=SimpleNamespace(name=name),
                                       compile={}, is_manual_warmup=False,
                                       already_compiled=False)
     assert _triton.num_kernel_builds() == 2 and seen == ["a", "b"]
+    assert _triton.built_kernels() == ["a", "b"]
     metrics = Metrics()
     metrics.observe_engine(EngineStats(
         num_running=0, num_waiting=0, num_free_pages=1, num_cached_pages=0, num_total_pages=1,
         num_computed_tokens=0, num_cached_tokens=0, num_preemptions=0,
         num_kernel_builds=_triton.num_kernel_builds()))
     assert metrics.registry.get_sample_value("agentspeed_kernel_builds") == 2
+
+
+def test_eager_decode_kernel_variants_do_not_follow_the_split_count(monkeypatch) -> None:
+    """The eager Triton backend splits longer contexts further; its launches must not turn the
+    split count into a compile-time constant, or the first longer context mid-serve builds a new
+    kernel variant (a stall of up to a second). Records every launch's constexprs instead of
+    running the kernels."""
+    from kernels.attention import triton_backend as tb
+    from tests.kernels.attention_cases import make_case
+
+    launches: list[tuple[str, tuple]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.name, tuple(sorted(
+                (k, v) for k, v in kwargs.items()))))
+
+    monkeypatch.setattr(tb.tk, "decode_kernel", Recorder("decode"))
+    monkeypatch.setattr(tb.tk, "merge_kernel", Recorder("merge"))
+    monkeypatch.setattr(tb, "kv_store_triton", lambda *args: None)
+    split_counts = set()
+    for kv_len in (40, 70, 100, 300):
+        case = make_case([1], [kv_len], 16, 4, 2, 16, torch.float32, "cpu")
+        backend = tb.TritonAttention(case.cache, case.num_q_heads, case.scale)
+        backend.plan(case.batch)
+        backend.forward(0, case.q, case.k, case.v)
+        split_counts.add(backend._num_splits)
+    assert len(split_counts) >= 2 and min(split_counts) > 1, split_counts
+    for name in ("decode", "merge"):
+        variants = {kwargs for kernel, kwargs in launches if kernel == name}
+        assert len(variants) == 1, f"{name}: {len(variants)} variants for {split_counts} splits"
