@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.config import EngineConfig
-from engine.cuda_graphs import CudaGraphRunner
+from engine.cuda_graphs import SCRATCH_PAGE, CudaGraphRunner
 from engine.default_model import eos_token_ids, resolve_model
 from engine.host_tier import HostTier
 from engine.loader import load_model
@@ -118,12 +118,34 @@ class ModelRunner:
             one_shot = self.tp.group.enable_one_shot(rows * self.model.hidden_size, self.dtype)
             logger.info("tensor-parallel all-reduce of <= %d rows: %s", rows,
                         "one-shot (symmetric memory)" if one_shot else "NCCL")
+        if self.device.type == "cuda":  # every rank: the warm-up's forwards run collectives
+            self.warm_up_eager()
         self.graphs = self._capture_graphs()
         logger.info(
             "model %s on %s (%s): %d KV pages of %d tokens, context %d",
             self.model_path, self.device, self.dtype, self.num_pages, config.page_size,
             self.max_model_len,
         )
+
+    @torch.inference_mode()
+    def warm_up_eager(self) -> None:
+        """Run the eager forward (and LM head) on two synthetic mixed batches, a 2-token extend
+        beside one decode row with a short and then a long context, so the kernel variants an
+        eager step launches (extend, decode without and with KV splits and their merge, the
+        norms, RoPE, the KV store) are built now rather than on the first mixed step of a serve,
+        where each build stalls the step for up to a second. Every key and value read or written
+        lives on the scratch page, which no sequence owns."""
+        ps, page = self.config.page_size, SCRATCH_PAGE
+        for decode_len in (1, min(1024, self.max_model_len)):
+            q_lens, kv_lens = [2, 1], [2, decode_len]
+            positions = [0, 1, decode_len - 1]
+            slots = [page * ps + i % ps for i in range(len(positions))]
+            table = [[page] * -(-kv // ps) for kv in kv_lens]
+            ids, pos, slot_ids, rows = self._upload([0] * len(positions), positions, slots,
+                                                    [1, 2])
+            self.attn.plan(AttentionBatch(q_lens, kv_lens, table, slot_ids))
+            hidden = self.model(ids, pos, self.attn)
+            self.model.compute_logits(hidden[rows])
 
     def _kv_bytes_per_token(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()

@@ -416,9 +416,11 @@ def test_launched_decode_steps_never_synchronise(tmp_path) -> None:
 
 
 def test_new_batch_shapes_build_no_kernel_after_warm_up(tmp_path) -> None:
-    """Once a prefill and a mixed step have run, prompts of other lengths in other batch
-    compositions build no new Triton kernel variant (a build mid-serve stalls a step for up to
-    a second): index tensors are 16-byte aligned and the page table's width a multiple of 16."""
+    """After start-up (graph capture and the eager warm-up), prompts of any length in any batch
+    composition — prefills, mixed steps with short and long decode contexts, prefix-cache hits
+    — build no new Triton kernel variant (a build mid-serve stalls a step for up to a second):
+    index tensors are 16-byte aligned, the page table's width a multiple of 16, split counts
+    never compile-time constants, and the warm-up ran each eager variant once."""
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
     from kernels._triton import built_kernels, num_kernel_builds
@@ -426,11 +428,13 @@ def test_new_batch_shapes_build_no_kernel_after_warm_up(tmp_path) -> None:
     llm = LLM(_tiny_model_dir(tmp_path), dtype="bfloat16", load_format="dummy", num_pages=128,
               page_size=16, max_num_seqs=4)
     greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
-    llm.generate([[5] * 40], greedy)
-    llm.generate([[6] * 17, [7] * 33, [9] * 70], greedy)
     before = num_kernel_builds()
     assert before > 0, "the build counter saw no Triton kernel at all"
-    for lens in ((9, 71, 35), (130,), (21, 22, 23), (47, 300)):
+    llm.generate([[5] * 40], greedy)
+    llm.generate([[6] * 17, [7] * 33, [9] * 70], greedy)
+    # Prefix hits make some of these mixed steps: one-token rows (short, then long contexts:
+    # KV splits) beside a prefill.
+    for lens in ((9, 71, 35), (130,), (21, 22, 23), (47, 300), (600, 5), (590, 300, 40)):
         llm.generate([[11 + i] * n for i, n in enumerate(lens)], greedy)
     new = built_kernels()[before:]
     assert not new, f"{len(new)} kernels built after warm-up: " + " | ".join(new)
