@@ -337,47 +337,10 @@ class ModelRunner:
         self, logits: torch.Tensor, samplers: list[Request], constrained: list[int],
         drafts: list[list[int]] | None = None,
     ) -> None:
-        """Mask the logit rows of the ``constrained`` samplers to their grammars.
+        """``engine.structured.mask_logits`` with this engine's vocabulary and compiler."""
+        from engine.structured import mask_logits
 
-        ``logits``: (num_samplers, vocab), or with ``drafts`` (sum(1 + len(d)), vocab) with each
-        request's rows together. Row ``j`` of a request is the distribution after ``d_1 .. d_j``:
-        its mask comes from the matcher advanced through those drafts, then rolled back. After a
-        draft the grammar refuses, later rows stay unmasked: row ``j`` forbids ``d_{j+1}``, so
-        verification rejects there at the latest and never emits a later row's token. Rows after
-        an accepted stop token stay unmasked too (the scheduler drops their tokens).
-        """
-        from engine.structured import GrammarState, allocate_bitmask, apply_bitmask
-
-        drafts = drafts or [[] for _ in samplers]
-        first_rows = [0]
-        for draft in drafts:
-            first_rows.append(first_rows[-1] + 1 + len(draft))
-        bitmask = allocate_bitmask(logits.shape[0], self.vocab_size)  # (rows, vocab / 32)
-        masked = []
-        for i in constrained:
-            request = samplers[i]
-            state = request.grammar_state
-            if state is None:
-                # The grammar's stop tokens are the request's, so it terminates when they stop.
-                grammar = self.compile_grammar(request.params.grammar)
-                state = GrammarState(grammar, stop_token_ids=sorted(request.stop_ids))
-                request.grammar_state = state
-            assert state.num_accepted == len(request.output_ids), (
-                f"{request.request_id}: grammar saw {state.num_accepted} tokens, "
-                f"output has {len(request.output_ids)}"
-            )
-            num_advanced = 0
-            for j in range(len(drafts[i]) + 1):
-                if j > 0 and state.is_terminated():  # a stop token among the drafts
-                    break
-                if state.fill_bitmask(bitmask, first_rows[i] + j):
-                    masked.append(first_rows[i] + j)
-                if j == len(drafts[i]) or not state.accept(drafts[i][j]):
-                    break
-                num_advanced += 1
-            state.rollback(num_advanced)
-        if masked:
-            apply_bitmask(logits, bitmask, rows=masked)
+        mask_logits(logits, samplers, constrained, self.vocab_size, self.compile_grammar, drafts)
 
     # ------------------------------------------------------------ fast path
     def _capture_graphs(self) -> CudaGraphRunner | None:

@@ -9,7 +9,7 @@ reports the outcome through ``observe``.
 A request speculates when the engine has a drafter and its ``params.speculative`` is not False.
 Constrained requests (a grammar) speculate too: the runner masks each drafted position with the
 grammar's matcher advanced through the drafts before it, then rolls the matcher back
-(``ModelRunner._mask_logits``), so a draft the grammar refuses is simply rejected.
+(``engine.structured.mask_logits``), so a draft the grammar refuses is simply rejected.
 
 Back-off (documented rule; both bounds are constants below):
 - batch: with more than ``MAX_BATCH`` decoding requests no request drafts — a verify step's cost

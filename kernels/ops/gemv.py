@@ -30,10 +30,11 @@ DEFAULT_CONFIG = (8, 512, 4)
 _ENABLED = False  # set_gemv; the engine sets it from EngineConfig.gemv
 
 
-# One row, more than 8192 output features (gate_up: 24576 in Qwen3-8B): the GEMV only on
-# devices where it measured faster end to end: B1 batch 1 +4.5% on an H100, +0.2% on an H200
-# (within noise: cuBLAS stays there; docs/benchmarks.md). Up to this many outputs; the LM head's
-# vocabulary-wide matmul stays on cuBLAS, which reads it at copy speed.
+ONE_ROW_MAX_OUT_ANY = 8192  # one row: the GEMV up to this many outputs on every device
+# One row, wider (gate_up: 24576 in Qwen3-8B): the GEMV only on devices where it measured faster
+# end to end: B1 batch 1 +4.5% on an H100, +0.2% on an H200 (within noise: cuBLAS stays there;
+# docs/benchmarks.md). Up to WIDE_MAX_OUT outputs; the LM head's vocabulary-wide matmul stays on
+# cuBLAS, which reads it at copy speed.
 WIDE_MAX_OUT = 32768
 WIDE_DEVICES = ("H100",)  # substrings of torch.cuda.get_device_name
 WIDE_CONFIG = (8, 512, 4)
@@ -55,18 +56,18 @@ def one_row_max_out(device: torch.device | None) -> int:
         return ONE_ROW_MAX_OUT
     if device is not None and device.type == "cuda" and _wide_device(device.index):
         return WIDE_MAX_OUT
-    return 8192
+    return ONE_ROW_MAX_OUT_ANY
 
 
 def gemv_config(rows: int, out_features: int,
                 device: torch.device | None = None) -> tuple[int, int, int] | None:
     """The tile config where the GEMV beat cuBLAS in benchmarks/decode_kernels.py (H200, bf16,
-    Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to 8192 output features (o/down
-    +10-23%, qkv +6%) and up to ``one_row_max_out(device)``, two rows up to 4096 (+9-14%); at
-    four rows and on wider layers cuBLAS wins."""
+    Qwen3-8B shapes, docs/benchmarks.md), else None: one row up to ``ONE_ROW_MAX_OUT_ANY``
+    output features (o/down +10-23%, qkv +6%) and up to ``one_row_max_out(device)``, two rows
+    up to 4096 (+9-14%); at four rows and on wider layers cuBLAS wins."""
     if rows == 1 and out_features <= 4096:
         return (4, 512, 4)
-    if rows == 1 and out_features <= 8192:
+    if rows == 1 and out_features <= ONE_ROW_MAX_OUT_ANY:
         return (8, 512, 4)
     if rows == 1 and out_features <= one_row_max_out(device):
         return WIDE_CONFIG
@@ -153,20 +154,14 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
-def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``x @ weight^T`` may take the GEMV: enabled, a few contiguous half-precision rows
-    where Triton runs (then ``gemv_config`` decides by shape)."""
-    return (_ENABLED and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and use_triton(x)
-            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
-            and x.stride(1) == 1 and weight.stride(1) == 1)
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            silu_mul: bool = False) -> torch.Tensor:
     """``F.linear``, through the Triton GEMV for one or two rows of half-precision CUDA input
     where ``gemv_config`` says it is faster. ``silu_mul``: ``x`` is ``[gate | up]`` and the
     input is ``silu(gate) * up`` (fused into the GEMV when it runs, else ``ops.silu_mul``)."""
-    if gemv_applies(x, weight):
+    if (_ENABLED and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and use_triton(x)
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and x.stride(1) == 1 and weight.stride(1) == 1):
         config = gemv_config(x.shape[0], weight.shape[0], x.device)
         if config is not None:
             return gemv_triton(x, weight, bias, config, silu_mul)
