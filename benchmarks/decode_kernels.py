@@ -151,7 +151,7 @@ def _reference(cache: KVCache, table, kv_lens, slots: torch.Tensor, q: torch.Ten
     return ref.forward(0, q.float(), k.float(), k.float())
 
 
-def bench_attention(batch: int, ctx: int) -> dict:
+def bench_attention(batch: int, ctx: int, tile_grid: bool = False) -> dict:
     cache, table, kv_lens, slots, (indptr, indices, last), q, k = _attention_setup(batch, ctx)
     indices_gpu = torch.tensor(indices, dtype=torch.int32, device="cuda")
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -167,11 +167,17 @@ def bench_attention(batch: int, ctx: int) -> dict:
     indptr_gpu = torch.tensor(indptr, device="cuda")
     last_gpu = torch.tensor(last, device="cuda")
     auto = triton_graph_splits(batch, HKV, num_sms)
-    for splits in sorted({auto, 4, 8, 16, 32}):
-        for block_n in (32, 64):
-            variants[f"triton_s{splits}_n{block_n}" + ("_auto" if splits == auto else "")] = (
-                TritonGraphAttention(cache, HQ, HEAD_DIM**-0.5, slots, indices_gpu, indptr_gpu,
-                                     last_gpu, splits, block_n=block_n))
+    if tile_grid:  # splits at about 2, 4 and 8 programs per SM x (block_n, warps, stages)
+        split_set = {auto, *(max(1, min(64, per * num_sms // (batch * HKV))) for per in (4, 8))}
+        tiles = [(64, 4, 2), (64, 4, 3), (128, 8, 3), (32, 4, 3)]
+    else:
+        split_set, tiles = {auto, 4, 8, 16, 32}, [(32, 4, 2), (64, 4, 2)]
+    for splits in sorted(split_set):
+        for block_n, warps, stages in tiles:
+            name = f"triton_s{splits}_n{block_n}_w{warps}_st{stages}"
+            variants[name + ("_auto" if splits == auto else "")] = TritonGraphAttention(
+                cache, HQ, HEAD_DIM**-0.5, slots, indices_gpu, indptr_gpu, last_gpu, splits,
+                block_n=block_n, num_warps=warps, num_stages=stages)
     results: dict = {}
     ref = None
     for name, attn in variants.items():
@@ -188,7 +194,9 @@ def bench_attention(batch: int, ctx: int) -> dict:
     ok = {n: r["us_per_layer"] for n, r in results.items() if "us_per_layer" in r}
     best = min(ok, key=ok.get) if ok else None
     summary = ", ".join(f"{n} {v:.1f}" for n, v in sorted(ok.items(), key=lambda kv: kv[1]))
-    print(f"attention {batch}x{ctx}: us/layer {summary}; best {best}", flush=True)
+    kv_gb = batch * ctx * HKV * HEAD_DIM * 2 * 2 / 1e9  # K and V, bf16, one layer
+    rate = f"; best {kv_gb / ok[best] * 1e6:.0f} GB/s of KV" if best else ""
+    print(f"attention {batch}x{ctx}: us/layer {summary}; best {best}{rate}", flush=True)
     del cache
     torch.cuda.empty_cache()
     return results
@@ -200,13 +208,15 @@ def main() -> None:
     parser.add_argument("--attention", nargs="+", default=["1x640", "8x640", "1x4096",
                                                            "32x2048", "64x640"])
     parser.add_argument("--skip-linears", action="store_true")
+    parser.add_argument("--tile-grid", action="store_true",
+                        help="attention: splits per SM x tile shapes and pipeline stages")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
     result: dict = {"device": torch.cuda.get_device_name()}
     for case in args.attention:
         batch, ctx = (int(v) for v in case.split("x"))
-        result[f"attention_{case}"] = bench_attention(batch, ctx)
+        result[f"attention_{case}"] = bench_attention(batch, ctx, args.tile_grid)
     if not args.skip_linears:
         result["linears"] = bench_linears(args.rows, GEMV_CONFIGS)
     print(json.dumps(result))

@@ -83,28 +83,32 @@ class FlashInferGraphAttention(GraphAttention):
         return self.wrapper.run(q, (k_cache, v_cache))
 
 
-def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int, max_splits: int = 32
+def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int, max_splits: int = 64
                         ) -> int:
-    """KV splits per row for a bucket: about two programs per SM when every row is long (the
-    best or within 10% of it at every shape benchmarks/decode_kernels.py measured)."""
-    return max(1, min(max_splits, -(-2 * num_sms // (bucket * num_kv_heads))))
+    """KV splits per row for a bucket: about four programs per SM when every row is long (the
+    best or within 2% of it at every long-context shape benchmarks/decode_kernels.py measured on
+    an H200; two per SM was 5-25% slower from 8K tokens a row). Splits past a row's context
+    cost one empty program each."""
+    return max(1, min(max_splits, 4 * num_sms // (bucket * num_kv_heads)))
 
 
 class TritonGraphAttention(GraphAttention):
     def __init__(self, kv_cache: KVCache, num_q_heads: int, scale: float,
                  slot_mapping: torch.Tensor, indices_gpu: torch.Tensor,
                  kv_indptr: torch.Tensor, kv_last: torch.Tensor, num_splits: int,
-                 block_n: int | None = None, num_warps: int = 4) -> None:
-        """``block_n`` (keys per loop step): None picks what benchmarks/decode_kernels.py
-        measured best, 64 below 64 rows and 32 from there."""
+                 block_n: int = 64, num_warps: int = 4, num_stages: int | None = None
+                 ) -> None:
+        """``block_n`` keys per loop step; ``num_stages`` of its software pipeline, None for
+        what benchmarks/decode_kernels.py measured best: 2 below 32 rows, 3 from there (-22%
+        at 64 x 640 on an H200, within 1% elsewhere)."""
         super().__init__(kv_cache, num_q_heads, scale, slot_mapping)
         assert num_q_heads % kv_cache.num_kv_heads == 0, "query heads must group over KV heads"
         self.indices_gpu, self.kv_indptr, self.kv_last = indices_gpu, kv_indptr, kv_last
         self.group = num_q_heads // kv_cache.num_kv_heads
         self.num_splits = num_splits
         bucket, head_dim = slot_mapping.numel(), kv_cache.head_dim
-        self.block_n = block_n or (64 if bucket < 64 else 32)
-        self.num_warps = num_warps
+        self.block_n, self.num_warps = block_n, num_warps
+        self.num_stages = num_stages or (2 if bucket < 32 else 3)
         shape = (bucket, num_q_heads, num_splits)
         self.mid_o = torch.empty((*shape, head_dim), dtype=torch.float32, device=kv_cache.device)
         self.mid_lse = torch.empty(shape, dtype=torch.float32, device=kv_cache.device)
@@ -126,12 +130,15 @@ class TritonGraphAttention(GraphAttention):
             out.stride(1), 0, self.num_q_heads, cache.num_kv_heads, head_dim, self.group, 0,
             splits, self.kv_indptr, self.kv_last, PAGE_SIZE=cache.page_size, SPLIT=split,
             BLOCK_H=max(16, next_pow2(self.group)), BLOCK_N=self.block_n, BLOCK_D=block_d,
-            CSR=True, DYN_SPLIT=True, num_warps=self.num_warps, num_stages=2, **pdl_args(q),
+            CSR=True, DYN_SPLIT=True, num_warps=self.num_warps, num_stages=self.num_stages,
+            **pdl_args(q),
         )
         if split:
             tk.merge_kernel[(rows, self.num_q_heads)](
-                out, mid_o, mid_lse, unused, unused, out.stride(0), out.stride(1),
-                self.num_q_heads, head_dim, splits, BLOCK_S=next_pow2(splits),
-                BLOCK_D=block_d, CSR=True, num_warps=self.num_warps, **pdl_args(q),
+                out, mid_o, mid_lse, unused, unused, unused, self.kv_indptr, self.kv_last,
+                out.stride(0), out.stride(1), 0, self.num_q_heads, head_dim, 0, splits,
+                PAGE_SIZE=cache.page_size, BLOCK_N=self.block_n, BLOCK_S=next_pow2(splits),
+                BLOCK_D=block_d, CSR=True, DYN_SPLIT=True, num_warps=self.num_warps,
+                **pdl_args(q),
             )
         return out

@@ -18,7 +18,7 @@ from kernels.attention.base import AttentionBackend, AttentionBatch
 from kernels.kv_cache import KVCache
 from kernels.ops.kv_store import kv_store_triton
 
-_MAX_SPLITS = 32
+_MAX_SPLITS = 64
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -81,14 +81,15 @@ class TritonAttention(AttentionBackend):
         self._plan_decode_split(max((batch.kv_lens[i] for i in decode_ids), default=0))
 
     def _plan_decode_split(self, max_kv_len: int) -> None:
-        """Split long contexts so that decode launches about two programs per SM."""
+        """Split long contexts so that decode launches about four programs per SM (the graphs'
+        rule: ``engine.graph_attention.triton_graph_splits``)."""
         self._num_splits, self._split_len = 1, max(max_kv_len, 1)
         self._mid_o = self._mid_lse = None
         if self._num_decode == 0:
             return
         work = self._num_decode * self.kv_cache.num_kv_heads
         splits = min(
-            _cdiv(2 * self.num_sms, work), _cdiv(max_kv_len, self.min_split_len), _MAX_SPLITS
+            4 * self.num_sms // work, _cdiv(max_kv_len, self.min_split_len), _MAX_SPLITS
         )
         if splits <= 1:
             return
@@ -131,8 +132,11 @@ class TritonAttention(AttentionBackend):
             )
             if splits > 1:
                 tk.merge_kernel[(self._num_decode, self.num_q_heads)](
-                    out, mid_o, mid_lse, self._decode_ids, self._cu_q_lens,
-                    out.stride(0), out.stride(1), self.num_q_heads, head_dim, splits,
+                    out, mid_o, mid_lse, self._decode_ids, self._cu_q_lens, self._kv_lens,
+                    self._kv_lens, self._kv_lens,  # unread: CSR is off
+                    out.stride(0), out.stride(1), self._page_table.stride(0),
+                    self.num_q_heads, head_dim, self._split_len, splits,
+                    PAGE_SIZE=cache.page_size, BLOCK_N=self.decode_block_n,
                     # One variant for every split count (a count-sized block would build a
                     # new kernel mid-serve the first time a longer context splits further).
                     BLOCK_S=next_pow2(_MAX_SPLITS), BLOCK_D=self.block_d,

@@ -62,6 +62,15 @@ def _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row, stride_pt,
     return tok, kv_len, page_row
 
 
+@jit
+def _row_split_len(kv_len, split_len, num_splits, BLOCK_N: tl.constexpr, DYN_SPLIT: tl.constexpr):
+    """Keys per split of a row: ``split_len`` as launched, or with ``DYN_SPLIT`` the row's own
+    context cut into ``num_splits`` (rounded up to ``BLOCK_N``)."""
+    if DYN_SPLIT:
+        split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
+    return split_len
+
+
 @jit(do_not_specialize=["split_len", "num_splits"])
 def decode_kernel(
     Q, K_CACHE, V_CACHE, OUT, MID_O, MID_LSE,
@@ -84,8 +93,7 @@ def decode_kernel(
     split = tl.program_id(2)
     tok, kv_len, page_row = _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row,
                                         stride_pt, PAGE_SIZE, CSR)
-    if DYN_SPLIT:
-        split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
+    split_len = _row_split_len(kv_len, split_len, num_splits, BLOCK_N, DYN_SPLIT)
     offs_h = tl.arange(0, BLOCK_H)
     h_mask = offs_h < group
     heads = kv_head * group + offs_h
@@ -111,39 +119,38 @@ def decode_kernel(
         out = acc / l_i[:, None]
         tl.store(OUT + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
                  out.to(OUT.dtype.element_ty), mask=q_mask)
-    else:
-        # An empty split (past this row's context) leaves weight 0 for the merge.
-        l_safe = tl.where(l_i > 0, l_i, 1.0)
-        lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
+    elif start < kv_len:  # the merge never reads a split past the row's context
+        lse = m_i + tl.log2(l_i)
         mid = (row.to(tl.int64) * num_q_heads + heads) * num_splits + split
-        tl.store(MID_O + mid[:, None] * head_dim + offs_d[None, :], acc / l_safe[:, None],
+        tl.store(MID_O + mid[:, None] * head_dim + offs_d[None, :], acc / l_i[:, None],
                  mask=q_mask)
         tl.store(MID_LSE + mid, lse, mask=h_mask)
 
 
-@jit(do_not_specialize=["num_splits"])
+@jit(do_not_specialize=["split_len", "num_splits"])
 def merge_kernel(
-    OUT, MID_O, MID_LSE, SEQ_IDS, CU_Q_LENS,
-    stride_ot, stride_oh, num_q_heads, head_dim, num_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CSR: tl.constexpr = False,
+    OUT, MID_O, MID_LSE, SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST,
+    stride_ot, stride_oh, stride_pt, num_q_heads, head_dim, split_len, num_splits,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr, CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
-    """Combine the per-split partial outputs of one decode row x one query head (``CSR``: row
-    ``r`` is token ``r``)."""
+    """Combine the partial outputs of one decode row x one query head over the splits that hold
+    keys of its context (the decode kernel's split arguments, so both agree on which)."""
     pdl_wait(USE_PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)
-    if CSR:
-        tok = row.to(tl.int64)
-    else:
-        tok = tl.load(CU_Q_LENS + tl.load(SEQ_IDS + row)).to(tl.int64)
+    tok, kv_len, _ = _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row,
+                                 stride_pt, PAGE_SIZE, CSR)
+    split_len = _row_split_len(kv_len, split_len, num_splits, BLOCK_N, DYN_SPLIT)
+    filled = tl.cdiv(kv_len, split_len)  # >= 1: every row holds at least one key
     offs_s = tl.arange(0, BLOCK_S)
-    s_mask = offs_s < num_splits
+    s_mask = offs_s < filled
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < head_dim
     mid = (row.to(tl.int64) * num_q_heads + head) * num_splits + offs_s
     lse = tl.load(MID_LSE + mid, mask=s_mask, other=float("-inf"))
-    w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty, so the max is finite
+    w = tl.exp2(lse - tl.max(lse, axis=0))
     o = tl.load(MID_O + mid[:, None] * head_dim + offs_d[None, :],
                 mask=s_mask[:, None] & d_mask[None, :], other=0.0)
     out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
