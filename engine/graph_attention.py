@@ -14,6 +14,8 @@ refills before each replay. Both kinds read the bucket's paged CSR layout (``kv_
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kernels._triton import next_pow2, pdl_args
@@ -83,8 +85,12 @@ class FlashInferGraphAttention(GraphAttention):
         return self.wrapper.run(q, (k_cache, v_cache))
 
 
-def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int, max_splits: int = 64
-                        ) -> int:
+# AGENTSPEED_DECODE_MAX_SPLITS=<n> (A/B runs): at most n KV splits a row in the decode graphs.
+MAX_GRAPH_SPLITS = int(os.environ.get("AGENTSPEED_DECODE_MAX_SPLITS") or 64)
+
+
+def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int,
+                        max_splits: int = MAX_GRAPH_SPLITS) -> int:
     """KV splits per row for a bucket: about four programs per SM when every row is long (the
     best or within 2% of it at every long-context shape benchmarks/decode_kernels.py measured on
     an H200; two per SM was 5-25% slower from 8K tokens a row). Splits past a row's context
