@@ -44,12 +44,7 @@ def _long_prompt_on_cached_prefix(path: str, attention: str) -> None:
     assert len(outs[True]) == len(outs[False]) == 8
 
 
-@pytest.mark.parametrize("attention", [
-    "triton",
-    pytest.param("flashinfer", marks=pytest.mark.xfail(
-        reason="B2 (docs/benchmarks.md): FlashInfer's paged prefill hit an illegal memory "
-               "access on 30K-token prompts; not yet isolated", strict=False)),
-])
+@pytest.mark.parametrize("attention", ["triton", "flashinfer"])
 def test_long_prompt_on_cached_prefix(tmp_path, attention: str) -> None:
     """B2's first turn in small: a long prompt prefilled in chunks on top of a cached prefix
     (partial last page included), on a pool as large as the GPU allows. It must run, reuse the
@@ -74,7 +69,13 @@ def test_long_prompt_on_cached_prefix(tmp_path, attention: str) -> None:
     code = f"import test_gpu_serving as t; t._long_prompt_on_cached_prefix({path!r}, 'flashinfer')"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if proc.returncode != 0:
+        # Known and not yet isolated (B2 in docs/benchmarks.md: an illegal memory access in
+        # FlashInfer's paged prefill on long prompts). The child's last error line is the
+        # reason ``-rx`` prints, so a GPU run records what failed.
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+        pytest.xfail(f"FlashInfer long prefill, exit {proc.returncode}: "
+                     f"{(errors or proc.stderr.splitlines() or ['no output'])[-1][:300]}")
 
 
 def test_grammar_constrained_decoding_on_gpu(tmp_path) -> None:
