@@ -21,6 +21,7 @@ import torch
 from kernels._triton import next_pow2, pdl_args
 from kernels.attention import AttentionBackend, AttentionBatch
 from kernels.attention import triton_kernels as tk
+from kernels.attention.triton_backend import decode_splits
 from kernels.kv_cache import KVCache
 from kernels.ops.kv_store import kv_store_triton
 
@@ -91,11 +92,9 @@ MAX_GRAPH_SPLITS = int(os.environ.get("AGENTSPEED_DECODE_MAX_SPLITS") or 64)
 
 def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int,
                         max_splits: int = MAX_GRAPH_SPLITS) -> int:
-    """KV splits per row for a bucket: about four programs per SM when every row is long (the
-    best or within 2% of it at every long-context shape benchmarks/decode_kernels.py measured on
-    an H200; two per SM was 5-25% slower from 8K tokens a row). Splits past a row's context
-    cost one empty program each."""
-    return max(1, min(max_splits, 4 * num_sms // (bucket * num_kv_heads)))
+    """KV splits per row for a bucket: the eager backend's rule (``decode_splits``) with every
+    row of the bucket counted, since the graph serves any context lengths."""
+    return decode_splits(bucket, num_kv_heads, num_sms, max_splits)
 
 
 class TritonGraphAttention(GraphAttention):

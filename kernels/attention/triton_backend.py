@@ -25,6 +25,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def decode_splits(rows: int, num_kv_heads: int, num_sms: int, max_splits: int = _MAX_SPLITS
+                  ) -> int:
+    """KV splits a decode row gets: about four programs per SM when every row is long (the best
+    or within 2% of it at every long-context shape benchmarks/decode_kernels.py measured on an
+    H200; two per SM was 5-25% slower from 8K tokens a row). A split past a row's context costs
+    one empty program."""
+    return max(1, min(max_splits, 4 * num_sms // (rows * num_kv_heads)))
+
+
 class TritonAttention(AttentionBackend):
     name = "triton"
 
@@ -81,16 +90,13 @@ class TritonAttention(AttentionBackend):
         self._plan_decode_split(max((batch.kv_lens[i] for i in decode_ids), default=0))
 
     def _plan_decode_split(self, max_kv_len: int) -> None:
-        """Split long contexts so that decode launches about four programs per SM (the graphs'
-        rule: ``engine.graph_attention.triton_graph_splits``)."""
+        """Split long contexts by ``decode_splits``, no split shorter than ``min_split_len``."""
         self._num_splits, self._split_len = 1, max(max_kv_len, 1)
         self._mid_o = self._mid_lse = None
         if self._num_decode == 0:
             return
-        work = self._num_decode * self.kv_cache.num_kv_heads
-        splits = min(
-            4 * self.num_sms // work, _cdiv(max_kv_len, self.min_split_len), _MAX_SPLITS
-        )
+        splits = min(decode_splits(self._num_decode, self.kv_cache.num_kv_heads, self.num_sms),
+                     _cdiv(max_kv_len, self.min_split_len))
         if splits <= 1:
             return
         block = self.decode_block_n
