@@ -6,8 +6,18 @@ one wrapper: ``BatchDecodeWithPagedKVCacheWrapper`` when every sequence brings o
 ``BatchPrefillWithPagedKVCacheWrapper`` with a causal mask for all rows (FlashInfer aligns each
 sequence's queries to the end of its context, so decode rows in a mixed batch are exact too).
 ``forward`` stores k/v with the fused Triton store kernel and runs the planned wrapper on that
-layer's cache. FlashInfer is imported on first use; its kernels compile on first use per
-(dtype, head_dim) and are cached under ``$FLASHINFER_WORKSPACE_BASE``.
+layer's cache.
+
+A wrapper's ``plan`` writes its schedule into one page-locked host buffer and queues an
+asynchronous copy of it to the device, without waiting. When the host runs ahead of the device
+(chunked prefill steps that sample nothing never synchronise; overlap scheduling queues a step
+behind the running one), the next ``plan`` would overwrite that buffer before the previous
+step's copy has read it, and the previous step would run with the next one's schedule: out of
+bounds on long prefills (an illegal memory access). So ``plan`` first waits for the last
+plan's copy to have run, which keeps the host at most one queued step ahead.
+
+FlashInfer is imported on first use; its kernels compile on first use per (dtype, head_dim)
+and are cached under ``$FLASHINFER_WORKSPACE_BASE``.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ class FlashInferAttention(AttentionBackend):
             self._workspace, kv_layout="NHD"
         )
         self._wrapper = self._decode
+        self._planned = torch.cuda.Event()  # recorded after each plan's host->device copy
 
     @staticmethod
     def available() -> bool:
@@ -74,6 +85,7 @@ class FlashInferAttention(AttentionBackend):
             return
         common = dict(sm_scale=self.scale, q_data_type=cache.dtype, kv_data_type=cache.dtype)
         heads = (self.num_q_heads, cache.num_kv_heads, cache.head_dim, page_size)
+        self._planned.synchronize()  # the host buffers are free again (no-op before a record)
         if all(q_len == 1 for q_len in batch.q_lens):
             self._wrapper = self._decode
             self._decode.plan(
@@ -85,6 +97,7 @@ class FlashInferAttention(AttentionBackend):
                 i32(qo_indptr), i32(kv_indptr), i32(kv_indices), i32(last_page_lens), *heads,
                 causal=True, **common,
             )
+        self._planned.record()
 
     def forward(
         self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

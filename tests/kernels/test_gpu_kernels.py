@@ -139,6 +139,34 @@ def test_flashinfer_attention(mode, batch_size, context, page_size, heads, head_
     _check_attention("flashinfer", mode, batch_size, context, page_size, heads, head_dim)
 
 
+@pytest.mark.parametrize("backend", ["triton", "flashinfer"])
+def test_plans_queued_behind_device_work(backend: str) -> None:
+    """Two batches planned and run while the device is still busy with earlier work, as the
+    engine does when chunked prefill steps run ahead of the device: each batch must run with
+    its own plan (FlashInfer's plan reuses one page-locked buffer for its asynchronous copy)."""
+    from kernels.attention import AttentionBatch, create_backend
+    from tests.kernels.attention_cases import reference
+
+    if backend == "flashinfer":
+        pytest.importorskip("flashinfer")
+    case = make_case([5, 300, 1], [700, 900, 513], 16, 32, 8, 128, torch.bfloat16, DEVICE)
+    expected, _ = reference(case)
+    attn = create_backend(backend, case.cache, case.num_q_heads, case.scale)
+    q, k, v, batch = case.q, case.k, case.v, case.batch
+    # The last two queries of the first sequence alone: the same rows of the same context.
+    tail = AttentionBatch([2], [700], batch.page_table[:1], batch.slot_mapping[3:5])
+    for _ in range(2):  # the first round builds the kernels, the second queues behind a sleep
+        torch.cuda.synchronize()
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of device time ahead of both plans
+        attn.plan(batch)
+        out_all = attn.forward(0, q, k, v)
+        attn.plan(tail)
+        out_tail = attn.forward(0, q[3:5], k[3:5], v[3:5])
+        torch.cuda.synchronize()
+        assert rel_err(out_all, expected) < TOL
+        assert rel_err(out_tail, expected[3:5]) < TOL
+
+
 @pytest.mark.parametrize("kind", ["triton", "flashinfer"])
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}x{h[1]}")
