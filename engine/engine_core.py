@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from engine.ahead_pacer import AheadPacer
 from engine.config import EngineConfig
 from engine.errors import ContextLengthError, InvalidRequestError
 from engine.model_runner import InFlight, ModelRunner
@@ -35,6 +37,9 @@ class EngineCore:
         overlap = config.overlap_schedule
         self.overlap = self.runner.device.type == "cuda" if overlap is None else overlap
         self._in_flight: InFlight | None = None  # launched, tokens not yet collected
+        # When to queue the next decode step; the engine process gives it its input to watch.
+        self.pacer = AheadPacer()
+        self._collected_at = 0.0  # host clock when the device last finished a step we waited on
         self.spec: SpecDecoder | None = None
         if config.speculative_drafter != "none":
             context = DraftContext(self.runner.model, config.speculative_draft_layers)
@@ -111,7 +116,10 @@ class EngineCore:
         decode step is planned and queued behind it (``Scheduler.schedule_ahead``, its input
         tokens read on the device), and only then does the host wait for the first one's
         tokens, so the device never idles between decode steps. The queued step is the next
-        call's. Speculative decoding drafts from host tokens, so it never runs ahead.
+        call's. It is queued shortly before the running one is expected to end, and not at
+        all when input arrives first, so that a new request waits for one step, not two
+        (``engine.ahead_pacer``). Speculative decoding drafts from host tokens, so it never
+        runs ahead.
         """
         prev, self._in_flight = self._in_flight, None
         if prev is None:
@@ -124,11 +132,24 @@ class EngineCore:
             if not (self.overlap and self.runner.can_launch(sched_out)):
                 return self._finish(sched_out, self.runner.execute(sched_out))
             prev = self.runner.launch(sched_out)
-        if self.spec is None:
+        if self.spec is None and not self._hold_ahead(prev):
+            queued_at = time.perf_counter()
             ahead = self.scheduler.schedule_ahead(prev.out)
             if ahead is not None:
                 self._in_flight = self.runner.launch(ahead, prev)
-        return self._finish(prev.out, self.runner.collect(prev))
+                self.pacer.observe_launch(time.perf_counter() - queued_at)
+        sampled = self.runner.collect(prev)
+        self._collected_at = time.perf_counter()
+        if prev.started is not None and prev.done is not None and _is_decode(prev.out):
+            seconds = prev.started.elapsed_time(prev.done) / 1000
+            self.pacer.observe_step(len(prev.out.requests), seconds)
+        return self._finish(prev.out, sampled)
+
+    def _hold_ahead(self, prev: InFlight) -> bool:
+        """Whether to queue nothing behind ``prev`` because input arrived while it ran (see
+        ``engine.ahead_pacer``); waits until the next step is due otherwise."""
+        rows = len(prev.out.requests) if _is_decode(prev.out) else None
+        return self.pacer.hold(rows, max(prev.launched_at, self._collected_at))
 
     def _finish(self, sched_out: SchedulerOutput,
                 sampled: dict[str, list[SampledToken]]) -> list[EngineOutput]:
@@ -168,3 +189,8 @@ class EngineCore:
             num_prompt_tokens=request.num_prompt_tokens,
             num_cached_tokens=request.num_cached_tokens,
         )
+
+
+def _is_decode(out: SchedulerOutput) -> bool:
+    """One sampled token per request: the steps whose device time predicts the next one's."""
+    return bool(out.requests) and all(s.num_new_tokens == 1 and s.sample for s in out.requests)

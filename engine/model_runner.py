@@ -12,6 +12,7 @@ of such rows therefore describe the masked distribution (disallowed tokens are a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,8 @@ class InFlight:
     tokens_gpu: torch.Tensor | None  # (num_samplers,) int64; the next overlapped step reads it
     tokens_host: torch.Tensor | None  # (num_samplers,) destination of the one async copy
     done: torch.cuda.Event | None  # recorded after that copy (None off CUDA)
+    started: torch.cuda.Event | None = None  # recorded before the step's work (timing)
+    launched_at: float = 0.0  # host clock (time.perf_counter) once the step was queued
 
 
 def resolve_device(config: EngineConfig) -> torch.device:
@@ -266,19 +269,23 @@ class ModelRunner:
         """Queue the step on the device and return at once (see ``can_launch``): tokens stay on
         the device, and one asynchronous copy brings them to the host for ``collect``."""
         batch = build_step_batch(out, self.config.page_size)
+        started = None
+        if self.device.type == "cuda":  # device time of the step (engine.ahead_pacer)
+            started = torch.cuda.Event(enable_timing=True)
+            started.record()
         logits = self.forward(batch, prev.tokens_gpu if prev is not None else None)
         samplers = [s.request for s in out.requests if s.sample]
         if not samplers:
-            return InFlight(out, samplers, None, None, None)
+            return InFlight(out, samplers, None, None, None, None, time.perf_counter())
         rows = self._sample_rows(samplers)
         tokens = self.sampler.sample_on_device(logits, rows)  # (num_samplers,) int64
         if self.device.type != "cuda":
-            return InFlight(out, samplers, tokens, tokens, None)
+            return InFlight(out, samplers, tokens, tokens, None, None, time.perf_counter())
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(enable_timing=True)
         done.record()
-        return InFlight(out, samplers, tokens, host, done)
+        return InFlight(out, samplers, tokens, host, done, started, time.perf_counter())
 
     def collect(self, step: InFlight) -> dict[str, list[SampledToken]]:
         """Wait for a launched step's tokens (the one host synchronisation of a step)."""

@@ -164,6 +164,9 @@ def test_launched_decode_steps_never_synchronise(tmp_path) -> None:
     finally:
         runner.launch = launch
     assert sum(launched) >= 15, f"only {sum(launched)} steps were launched ahead"
+    # The decode steps' device time (CUDA events) feeds the pacing of the step queued ahead.
+    step_s = engine.pacer.expected_step_s(3)
+    assert step_s is not None and 0 < step_s < 0.1, step_s
 
 
 def test_new_batch_shapes_build_no_kernel_after_warm_up(tmp_path) -> None:

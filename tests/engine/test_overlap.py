@@ -130,3 +130,28 @@ def test_abort_while_a_step_is_in_flight_frees_everything(engines):
     assert sum(len(o.new_token_ids) for o in outputs) == 48  # 2 of 50 before the abort
     assert not core.scheduler.running and core._in_flight is None
     core.scheduler.check_integrity()
+
+
+def test_input_arriving_holds_back_the_step_ahead(engines):
+    """With input waiting at every step (engine.ahead_pacer), nothing is queued ahead, and the
+    outputs still equal the plain loop's."""
+    plain, overlap = engines
+    core = overlap.engine
+    prompts = [[3 + i, 40 + 7 * i, 99, 12 + i, 8] * (1 + i) for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True)
+    want = plain.generate(prompts, params)
+    core.pacer.input_pending = lambda timeout_s: True
+    held = core.pacer.held
+    try:
+        for i, prompt in enumerate(prompts):
+            core.add_request(f"held-{i}", prompt, params)
+        got: dict[str, list[int]] = {}
+        while core.has_unfinished():
+            for out in core.step():
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+            assert core._in_flight is None
+    finally:
+        core.pacer.input_pending = None
+    assert core.pacer.held - held == 9  # at the prefill and at each of the 8 decode steps
+    assert [got[f"held-{i}"] for i in range(3)] == [w.token_ids for w in want]
+    core.scheduler.check_integrity()
