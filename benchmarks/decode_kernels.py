@@ -167,9 +167,11 @@ def bench_attention(batch: int, ctx: int, tile_grid: bool = False) -> dict:
     indptr_gpu = torch.tensor(indptr, device="cuda")
     last_gpu = torch.tensor(last, device="cuda")
     auto = triton_graph_splits(batch, HKV, num_sms)
-    if tile_grid:  # splits at about 2, 4 and 8 programs per SM x (block_n, warps, stages)
-        split_set = {auto, *(max(1, min(64, per * num_sms // (batch * HKV))) for per in (4, 8))}
-        tiles = [(64, 4, 2), (64, 4, 3), (128, 8, 3), (32, 4, 3)]
+    if tile_grid:  # the rule's splits, a half and a quarter of them, about 4 and 8 programs
+        # per SM x (block_n, warps, stages)
+        split_set = {auto, max(1, auto // 2), max(1, auto // 4),
+                     *(max(1, min(64, per * num_sms // (batch * HKV))) for per in (4, 8))}
+        tiles = [(64, 4, 2), (64, 4, 3), (128, 8, 3), (32, 4, 2), (32, 4, 3)]
     else:
         split_set, tiles = {auto, 4, 8, 16, 32}, [(32, 4, 2), (64, 4, 2)]
     for splits in sorted(split_set):
