@@ -63,6 +63,10 @@ class EngineConfig:
     pdl: bool = True
     # Overlap scheduling (EngineCore): prepare step N+1 while N runs. None: on with CUDA.
     overlap_schedule: bool | None = None
+    # Served engines (engine_process): queue the overlapped step only shortly before the running
+    # one is expected to end, and not at all when a request arrives first (engine.ahead_pacer).
+    # Off until measured on a GPU: it should cut a new turn's wait by a decode step.
+    ahead_pacing: bool = False
     seed: int = 0
     speculative_drafter: str = "none"  # none | suffix | ngram | self (engine.spec)
     num_speculative_tokens: int = 4  # most drafts verified per request per step

@@ -20,7 +20,7 @@ _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pa
                  "seed", "speculative_drafter", "num_speculative_tokens",
                  "speculative_draft_layers", "kv_cache_memory_gb", "gpu_memory_utilization",
                  "pin_budget_fraction", "host_tier_gb", "tensor_parallel_size",
-                 "graph_attention", "gemv", "pdl", "tp_one_shot_all_reduce")
+                 "graph_attention", "gemv", "pdl", "tp_one_shot_all_reduce", "ahead_pacing")
 _CHOICES = {"speculative_drafter": DRAFTERS,
             "graph_attention": ("auto", "flashinfer", "triton")}
 _ALIASES = {"tensor_parallel_size": ("--tp",)}

@@ -39,6 +39,7 @@ def test_fast_path_flags_parse() -> None:
     assert config.tp_one_shot_all_reduce is False
     assert config.tensor_parallel_size == 2
     assert _config("--gemv").gemv is True
+    assert _config().ahead_pacing is False and _config("--ahead-pacing").ahead_pacing is True
 
 
 def test_bad_graph_attention_is_refused() -> None:
