@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from engine.ahead_pacer import AheadPacer
 from engine.config import EngineConfig
@@ -37,7 +38,7 @@ class EngineCore:
         overlap = config.overlap_schedule
         self.overlap = self.runner.device.type == "cuda" if overlap is None else overlap
         self._in_flight: InFlight | None = None  # launched, tokens not yet collected
-        # When to queue the next decode step; the engine process gives it its input to watch.
+        # When to queue the next decode step; idle until given input to watch (watch_input).
         self.pacer = AheadPacer()
         self._collected_at = 0.0  # host clock when the device last finished a step we waited on
         self.spec: SpecDecoder | None = None
@@ -95,6 +96,12 @@ class EngineCore:
 
     def close_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
+
+    def watch_input(self, input_pending: Callable[[float], bool] | None) -> None:
+        """Pace the step queued ahead (``engine.ahead_pacer``) against ``input_pending(timeout_s)``
+        (whether engine input is waiting, after up to ``timeout_s``); None turns pacing off."""
+        self.pacer.input_pending = input_pending
+        self.runner.time_steps = input_pending is not None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or self._in_flight is not None

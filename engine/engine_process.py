@@ -76,8 +76,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     # With --ahead-pacing, overlap scheduling holds the next decode step back while it watches
     # for new requests (engine.ahead_pacer); the messages stay in the socket for _serve.
     if config.ahead_pacing:
-        core.pacer.input_pending = lambda timeout_s: bool(
-            inbox.poll(max(0, int(timeout_s * 1000))))
+        core.watch_input(lambda timeout_s: bool(inbox.poll(max(0, int(timeout_s * 1000)))))
     loop = _Loop(core, outbox, encoder)
     try:
         _serve(core, loop, inbox, outbox, decoder, parent)

@@ -124,6 +124,9 @@ class ModelRunner:
         if self.device.type == "cuda":  # every rank: the warm-up's forwards run collectives
             self.warm_up_eager()
         self.graphs = self._capture_graphs()
+        # Launched steps record their device time (CUDA events) for the ahead pacer, only
+        # while one watches the engine's input (EngineCore.watch_input).
+        self.time_steps = False
         logger.info(
             "model %s on %s (%s): %d KV pages of %d tokens, context %d",
             self.model_path, self.device, self.dtype, self.num_pages, config.page_size,
@@ -270,7 +273,7 @@ class ModelRunner:
         the device, and one asynchronous copy brings them to the host for ``collect``."""
         batch = build_step_batch(out, self.config.page_size)
         started = None
-        if self.device.type == "cuda":  # device time of the step (engine.ahead_pacer)
+        if self.time_steps and self.device.type == "cuda":
             started = torch.cuda.Event(enable_timing=True)
             started.record()
         logits = self.forward(batch, prev.tokens_gpu if prev is not None else None)
@@ -283,7 +286,7 @@ class ModelRunner:
             return InFlight(out, samplers, tokens, tokens, None, None, time.perf_counter())
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
-        done = torch.cuda.Event(enable_timing=True)
+        done = torch.cuda.Event(enable_timing=started is not None)
         done.record()
         return InFlight(out, samplers, tokens, host, done, started, time.perf_counter())
 

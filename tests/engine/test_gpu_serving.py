@@ -158,6 +158,7 @@ def test_launched_decode_steps_never_synchronise(tmp_path) -> None:
     for _ in range(3):  # prefill and the first decode steps, unchecked
         engine.step()
     runner.launch = checked_launch
+    engine.watch_input(lambda timeout_s: False)  # pacing on, with nothing ever arriving
     try:
         while engine.has_unfinished():
             engine.step()

@@ -140,7 +140,7 @@ def test_input_arriving_holds_back_the_step_ahead(engines):
     prompts = [[3 + i, 40 + 7 * i, 99, 12 + i, 8] * (1 + i) for i in range(3)]
     params = SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True)
     want = plain.generate(prompts, params)
-    core.pacer.input_pending = lambda timeout_s: True
+    core.watch_input(lambda timeout_s: True)
     held = core.pacer.held
     try:
         for i, prompt in enumerate(prompts):
@@ -151,7 +151,7 @@ def test_input_arriving_holds_back_the_step_ahead(engines):
                 got.setdefault(out.request_id, []).extend(out.new_token_ids)
             assert core._in_flight is None
     finally:
-        core.pacer.input_pending = None
+        core.watch_input(None)
     assert core.pacer.held - held == 9  # at the prefill and at each of the 8 decode steps
     assert [got[f"held-{i}"] for i in range(3)] == [w.token_ids for w in want]
     core.scheduler.check_integrity()
