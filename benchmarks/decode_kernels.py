@@ -168,8 +168,8 @@ def bench_attention(batch: int, ctx: int, tile_grid: bool = False) -> dict:
     last_gpu = torch.tensor(last, device="cuda")
     auto = triton_graph_splits(batch, HKV, num_sms)
     if tile_grid:  # the rule's splits, a half and a quarter of them, about 4 and 8 programs
-        # per SM x (block_n, warps, stages)
-        split_set = {auto, max(1, auto // 2), max(1, auto // 4),
+        # per SM, and 1, 4, 8 (short contexts: no merge, or few splits) x (block_n, warps, stages)
+        split_set = {auto, max(1, auto // 2), max(1, auto // 4), 1, 4, 8,
                      *(max(1, min(64, per * num_sms // (batch * HKV))) for per in (4, 8))}
         tiles = [(64, 4, 2), (64, 4, 3), (128, 8, 3), (32, 4, 2), (32, 4, 3)]
     else:
@@ -212,7 +212,10 @@ def main() -> None:
     parser.add_argument("--skip-linears", action="store_true")
     parser.add_argument("--tile-grid", action="store_true",
                         help="attention: splits per SM x tile shapes and pipeline stages")
+    parser.add_argument("--pdl", action="store_true",
+                        help="attention kernels launch with PDL, as the engine's graphs do")
     args = parser.parse_args()
+    set_pdl(args.pdl)
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
     result: dict = {"device": torch.cuda.get_device_name()}
