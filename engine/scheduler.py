@@ -1,10 +1,15 @@
 """Continuous batching with chunked prefill, prefix reuse and preemption (pure Python, no torch).
 
 Each step: running requests first (decodes and unfinished prefill chunks, in admission order),
-then waiting requests in arrival order, all under one token budget. A request that needs a page
-when none is free evicts unlocked cache pages; if that is not enough, the most recently admitted
-running request is preempted: its computed KV goes into the radix cache (where it usually survives
-to be matched again) and it returns to the head of the queue.
+then waiting requests in arrival order, all under one token budget. With
+``prefill_first_tokens``, a step that admits only short, whole prompts (an agent's tool result)
+runs them without the decode rows, which sit that one step out: the new turn's first token
+does not wait for their attention over long contexts (never two steps in a row).
+
+A request that needs a page when none is free evicts unlocked cache pages; if that is not
+enough, the most recently admitted running request is preempted: its computed KV goes into the
+radix cache (where it usually survives to be matched again) and it returns to the head of the
+queue.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Scheduler:
                                                config.host_tier_pages)
         self._pending_ops = SessionOps()  # from pins set between steps
         self._step_ops = SessionOps()
+        self._decodes_sat_out = False  # the last step ran short prefills without the decodes
 
     # ---------------------------------------------------------------- sessions
     def touch_session(self, session_id: str, lease_s: float | None = None,
@@ -136,6 +142,7 @@ class Scheduler:
             out.requests.append(self._scheduled(request, num_new, drafts))
             budget -= num_new
             i += 1
+        num_running = len(out.requests)
         # Admitting while preempting would only thrash: the freed pages go to running requests.
         while not preempted and self.waiting and budget > 0:
             if len(self.running) >= self.config.max_num_seqs:
@@ -148,7 +155,25 @@ class Scheduler:
             self.running.append(request)
             out.requests.append(self._scheduled(request, num_new))
             budget -= num_new
+        self._decodes_sat_out = self._sit_out_decodes(out, num_running)
         return out
+
+    def _sit_out_decodes(self, out: SchedulerOutput, num_running: int) -> bool:
+        """Drop the first ``num_running`` rows of ``out`` (the running requests) when they are
+        all plain decodes and the rest are whole prompts of at most ``prefill_first_tokens``
+        new tokens together, unless the decodes sat out the step before; whether it did.
+        Their pages stay reserved: the next step runs them as they were."""
+        limit = self.config.prefill_first_tokens
+        running, admitted = out.requests[:num_running], out.requests[num_running:]
+        if (not limit or not running or not admitted or self._decodes_sat_out
+                or sum(s.num_new_tokens for s in admitted) > limit
+                or not all(s.sample for s in admitted)
+                or not all(s.num_new_tokens == 1 and s.sample and not s.draft_ids
+                           for s in running)):
+            return False
+        self.stats.num_computed_tokens -= len(running)
+        del out.requests[:num_running]
+        return True
 
     def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
         """Overlap scheduling: the next decode step, planned while ``prev`` still runs.

@@ -39,7 +39,8 @@ def test_fast_path_flags_parse() -> None:
     assert config.tp_one_shot_all_reduce is False
     assert config.tensor_parallel_size == 2
     assert _config("--gemv").gemv is True
-    assert _config().ahead_pacing is False and _config("--ahead-pacing").ahead_pacing is True
+    assert _config().ahead_pacing is True and _config("--no-ahead-pacing").ahead_pacing is False
+    assert _config("--prefill-first-tokens", "1024").prefill_first_tokens == 1024
 
 
 def test_bad_graph_attention_is_refused() -> None:
