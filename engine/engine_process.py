@@ -73,8 +73,9 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         model_path=runner.model_path, max_model_len=core.scheduler.max_request_len,
         vocab_size=core.vocab_size, eos_token_ids=list(core.eos_token_ids),
         page_size=config.page_size, num_pages=runner.num_pages)))
-    # With ahead pacing (on by default; --no-ahead-pacing), overlap scheduling holds the next decode step back while it watches
-    # for new requests (engine.ahead_pacer); the messages stay in the socket for _serve.
+    # Ahead pacing (on by default; --no-ahead-pacing): overlap scheduling holds the next decode
+    # step back while it watches for new requests (engine.ahead_pacer); the messages stay in
+    # the socket for _serve.
     if config.ahead_pacing:
         core.watch_input(lambda timeout_s: bool(inbox.poll(max(0, int(timeout_s * 1000)))))
     loop = _Loop(core, outbox, encoder)
