@@ -54,7 +54,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     # Short whole prompts (a tool result) run without the decode rows for one step (never two
     # in a row) when they total at most this many new tokens; 0: always mixed (SchedulerConfig).
-    prefill_first_tokens: int = 0
+    # B2 at 4 sessions on an H100: new turns' TTFT 1.23x -> 1.075x a lone prefill, decode equal.
+    prefill_first_tokens: int = 2048
     enable_prefix_caching: bool = True
     pin_budget_fraction: float = 0.5  # share of the KV pool that session pins may hold
     host_tier_gb: float = 2.0  # host memory for demoted session KV

@@ -40,7 +40,8 @@ def test_fast_path_flags_parse() -> None:
     assert config.tensor_parallel_size == 2
     assert _config("--gemv").gemv is True
     assert _config().ahead_pacing is True and _config("--no-ahead-pacing").ahead_pacing is False
-    assert _config("--prefill-first-tokens", "1024").prefill_first_tokens == 1024
+    assert _config().prefill_first_tokens == 2048
+    assert _config("--prefill-first-tokens", "0").prefill_first_tokens == 0
 
 
 def test_bad_graph_attention_is_refused() -> None:
