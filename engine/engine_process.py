@@ -214,4 +214,6 @@ class _Loop:
             num_spec_verify_steps=spec.num_verify_steps,
             num_spec_draft_tokens=spec.num_draft_tokens,
             num_spec_accepted_tokens=spec.num_accepted_tokens,
-            num_kernel_builds=num_kernel_builds())
+            num_kernel_builds=num_kernel_builds(),
+            num_prefill_first_steps=sched.stats.num_prefill_first_steps,
+            num_ahead_held_steps=self.core.pacer.held)

@@ -76,6 +76,10 @@ class EngineStats(msgspec.Struct):
     # Triton kernel variants the engine process built so far (start-up included); one built
     # while serving stalled a step for up to about a second.
     num_kernel_builds: int = 0
+    # Steps that ran short prompts without the decode rows (prefill_first_tokens), and decode
+    # steps not queued ahead because a request arrived while the one before ran (ahead pacing).
+    num_prefill_first_steps: int = 0
+    num_ahead_held_steps: int = 0
 
 
 class EngineReady(msgspec.Struct, tag="ready"):

@@ -65,6 +65,7 @@ class SchedulerStats:
     num_cached_tokens: int = 0  # tokens taken from the prefix cache at admission
     num_preemptions: int = 0
     num_evicted_pages: int = 0
+    num_prefill_first_steps: int = 0  # steps whose decode rows sat out (prefill_first_tokens)
 
 
 class Scheduler:
@@ -172,6 +173,7 @@ class Scheduler:
                            for s in running)):
             return False
         self.stats.num_computed_tokens -= len(running)
+        self.stats.num_prefill_first_steps += 1
         del out.requests[:num_running]
         return True
 

@@ -46,6 +46,12 @@ class Metrics:
         self.kv_usage = Gauge("agentspeed_kv_cache_usage_ratio",
                               "Fraction of KV pages in use by requests", registry=r)
         self.preemptions = Gauge("agentspeed_preemptions", "Preemptions so far", registry=r)
+        self.prefill_first = Gauge("agentspeed_prefill_first_steps",
+                                   "Steps that ran short prompts while the decode rows sat "
+                                   "out (--prefill-first-tokens), so far", registry=r)
+        self.ahead_held = Gauge("agentspeed_ahead_held_steps",
+                                "Decode steps not queued ahead because a request arrived "
+                                "first (ahead pacing), so far", registry=r)
         self.cache_hit_rate = Gauge("agentspeed_prefix_cache_hit_ratio",
                                     "Cached / scheduled prompt tokens since start", registry=r)
         self.sessions = Gauge("agentspeed_live_sessions",
@@ -103,6 +109,8 @@ class Metrics:
         self.kv_pages.labels("in_use").set(in_use)
         self.kv_usage.set(in_use / max(1, stats.num_total_pages))
         self.preemptions.set(stats.num_preemptions)
+        self.prefill_first.set(stats.num_prefill_first_steps)
+        self.ahead_held.set(stats.num_ahead_held_steps)
         self.kv_pages.labels("pinned").set(stats.num_pinned_pages)
         self.kv_pages.labels("host_tier").set(stats.num_host_pages)
         total = stats.num_computed_tokens + stats.num_cached_tokens

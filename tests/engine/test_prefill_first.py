@@ -41,12 +41,14 @@ def test_short_prompt_runs_alone_once_then_everyone_decodes():
     assert step(sched) == [("a", 1), ("b", 1)]
     sched.add(req("c", list(range(40, 52))))
     assert step(sched) == [("c", 12)]  # a and b sit this step out
+    assert sched.stats.num_prefill_first_steps == 1
     computed = sched.stats.num_computed_tokens
     sched.add(req("d", list(range(60, 65))))
     # Never two in a row: d's prompt runs with the decodes.
     assert step(sched) == [("a", 1), ("b", 1), ("c", 1), ("d", 5)]
     assert sched.stats.num_computed_tokens == computed + 8
     assert step(sched) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert sched.stats.num_prefill_first_steps == 1
 
 
 @pytest.mark.parametrize("case", ["over_limit", "chunked", "off"])
@@ -123,3 +125,17 @@ def test_greedy_tokens_equal_the_mixed_engine(tiny_qwen3_path):
     assert all(len(tokens) == 8 for tokens in first.values())
     # Step 4 admits r2 while r0 and r1 decode: alone with the policy, mixed without.
     assert mixed_sizes[3] == 3 and first_sizes[3] == 1 and first_sizes[4] == 3
+
+
+def test_scheduler_policy_counters_reach_the_metrics():
+    from engine.ipc import EngineStats
+    from runtime.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_engine(EngineStats(
+        num_running=0, num_waiting=0, num_free_pages=1, num_cached_pages=0, num_total_pages=1,
+        num_computed_tokens=0, num_cached_tokens=0, num_preemptions=0,
+        num_prefill_first_steps=3, num_ahead_held_steps=5))
+    value = metrics.registry.get_sample_value
+    assert value("agentspeed_prefill_first_steps") == 3
+    assert value("agentspeed_ahead_held_steps") == 5

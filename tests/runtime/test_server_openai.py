@@ -153,3 +153,23 @@ def test_generate_false_prepares_a_chain(client):
                    "input": "Hello!", "max_output_tokens": 8, "temperature": 0})
         turn = lane.get_final_response(timeout=120)
     assert turn.usage.input_tokens_details.cached_tokens >= prep.usage.input_tokens - 16
+
+
+def test_short_prompt_arriving_mid_decode_runs_first(server, client):
+    """A prompt that arrives while another request decodes runs in a step of its own (the
+    default ``--prefill-first-tokens``), counted by ``agentspeed_prefill_first_steps``; both
+    requests still get every token they asked for."""
+    before = metric_values(server)["agentspeed_prefill_first_steps"]
+    long_run = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me about rivers."}],
+        max_tokens=96, temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True})
+    chunks = iter(long_run)
+    first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
+    short = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+        temperature=0, extra_body={"ignore_eos": True})
+    rest = list(chunks)
+    assert first.choices[0].delta.content and short.usage.completion_tokens == 4
+    assert rest[-1].usage.completion_tokens == 96
+    assert metric_values(server)["agentspeed_prefill_first_steps"] >= before + 1
