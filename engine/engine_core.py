@@ -139,7 +139,11 @@ class EngineCore:
             if not (self.overlap and self.runner.can_launch(sched_out)):
                 return self._finish(sched_out, self.runner.execute(sched_out))
             prev = self.runner.launch(sched_out)
-        if self.spec is None and not self._hold_ahead(prev):
+        # Decode steps (one sampled token a row) predict the next one's length; by batch size.
+        decode_rows = len(prev.out.requests) if _is_decode(prev.out) else None
+        started_at = max(prev.launched_at, self._collected_at)
+        # The pacer waits until the step ahead is due; True: input arrived, queue nothing.
+        if self.spec is None and not self.pacer.hold(decode_rows, started_at):
             queued_at = time.perf_counter()
             ahead = self.scheduler.schedule_ahead(prev.out)
             if ahead is not None:
@@ -147,16 +151,10 @@ class EngineCore:
                 self.pacer.observe_launch(time.perf_counter() - queued_at)
         sampled = self.runner.collect(prev)
         self._collected_at = time.perf_counter()
-        if prev.started is not None and prev.done is not None and _is_decode(prev.out):
+        if prev.started is not None and prev.done is not None and decode_rows is not None:
             seconds = prev.started.elapsed_time(prev.done) / 1000
-            self.pacer.observe_step(len(prev.out.requests), seconds)
+            self.pacer.observe_step(decode_rows, seconds)
         return self._finish(prev.out, sampled)
-
-    def _hold_ahead(self, prev: InFlight) -> bool:
-        """Whether to queue nothing behind ``prev`` because input arrived while it ran (see
-        ``engine.ahead_pacer``); waits until the next step is due otherwise."""
-        rows = len(prev.out.requests) if _is_decode(prev.out) else None
-        return self.pacer.hold(rows, max(prev.launched_at, self._collected_at))
 
     def _finish(self, sched_out: SchedulerOutput,
                 sampled: dict[str, list[SampledToken]]) -> list[EngineOutput]:
@@ -199,5 +197,5 @@ class EngineCore:
 
 
 def _is_decode(out: SchedulerOutput) -> bool:
-    """One sampled token per request: the steps whose device time predicts the next one's."""
+    """One sampled token per request."""
     return bool(out.requests) and all(s.num_new_tokens == 1 and s.sample for s in out.requests)
