@@ -151,6 +151,7 @@ def server_deltas(before: dict[str, float], after: dict[str, float]) -> dict:
             "prefetches": "agentspeed_session_prefetches",
             "kernel_builds": "agentspeed_kernel_builds",
             "prefill_first_steps": "agentspeed_prefill_first_steps",
+            "prefill_first_capped": "agentspeed_prefill_first_capped_steps",
             "ahead_held_steps": "agentspeed_ahead_held_steps"}
     out = {k: after.get(m, 0) - before.get(m, 0) for k, m in keys.items() if m in after}
     evicted = [v - before.get(k, 0) for k, v in after.items()

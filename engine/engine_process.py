@@ -216,4 +216,5 @@ class _Loop:
             num_spec_accepted_tokens=spec.num_accepted_tokens,
             num_kernel_builds=num_kernel_builds(),
             num_prefill_first_steps=sched.stats.num_prefill_first_steps,
+            num_prefill_first_capped=sched.stats.num_prefill_first_capped,
             num_ahead_held_steps=self.core.pacer.held)

@@ -76,9 +76,11 @@ class EngineStats(msgspec.Struct):
     # Triton kernel variants the engine process built so far (start-up included); one built
     # while serving stalled a step for up to about a second.
     num_kernel_builds: int = 0
-    # Steps that ran short prompts without the decode rows (prefill_first_tokens), and decode
-    # steps not queued ahead because a request arrived while the one before ran (ahead pacing).
+    # Steps that ran short prompts without the decode rows (prefill_first_tokens), those that
+    # ran them mixed because the decode rows' share of sit-outs was spent, and decode steps
+    # not queued ahead because a request arrived while the one before ran (ahead pacing).
     num_prefill_first_steps: int = 0
+    num_prefill_first_capped: int = 0
     num_ahead_held_steps: int = 0
 
 

@@ -4,7 +4,7 @@ Each step: running requests first (decodes and unfinished prefill chunks, in adm
 then waiting requests in arrival order, all under one token budget. With
 ``prefill_first_tokens``, a step that admits only short, whole prompts (an agent's tool result)
 runs them without the decode rows, which sit that one step out: the new turn's first token
-does not wait for their attention over long contexts (never two steps in a row).
+does not wait for their attention over long contexts (bounded: ``engine.prefill_first``).
 
 A request that needs a page when none is free evicts unlocked cache pages; if that is not
 enough, the most recently admitted running request is preempted: its computed KV goes into the
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from engine.config import SchedulerConfig
 from engine.page_pool import PagePool
+from engine.prefill_first import PrefillFirst
 from engine.radix_cache import RadixCache
 from engine.request import FinishReason, Request, RequestStatus
 from engine.session_pins import SessionKV, SessionOps, SessionPins
@@ -66,6 +67,7 @@ class SchedulerStats:
     num_preemptions: int = 0
     num_evicted_pages: int = 0
     num_prefill_first_steps: int = 0  # steps whose decode rows sat out (prefill_first_tokens)
+    num_prefill_first_capped: int = 0  # ... would have, but their share was spent: ran mixed
 
 
 class Scheduler:
@@ -81,7 +83,7 @@ class Scheduler:
                                                config.host_tier_pages)
         self._pending_ops = SessionOps()  # from pins set between steps
         self._step_ops = SessionOps()
-        self._decodes_sat_out = False  # the last step ran short prefills without the decodes
+        self.prefill_first = PrefillFirst(config, self.stats)
 
     # ---------------------------------------------------------------- sessions
     def touch_session(self, session_id: str, lease_s: float | None = None,
@@ -156,26 +158,8 @@ class Scheduler:
             self.running.append(request)
             out.requests.append(self._scheduled(request, num_new))
             budget -= num_new
-        self._decodes_sat_out = self._sit_out_decodes(out, num_running)
+        self.prefill_first.apply(out, num_running)
         return out
-
-    def _sit_out_decodes(self, out: SchedulerOutput, num_running: int) -> bool:
-        """Drop the first ``num_running`` rows of ``out`` (the running requests) when they are
-        all plain decodes and the rest are whole prompts of at most ``prefill_first_tokens``
-        new tokens together, unless the decodes sat out the step before; whether it did.
-        Their pages stay reserved: the next step runs them as they were."""
-        limit = self.config.prefill_first_tokens
-        running, admitted = out.requests[:num_running], out.requests[num_running:]
-        if (not limit or not running or not admitted or self._decodes_sat_out
-                or sum(s.num_new_tokens for s in admitted) > limit
-                or not all(s.sample for s in admitted)
-                or not all(s.num_new_tokens == 1 and s.sample and not s.draft_ids
-                           for s in running)):
-            return False
-        self.stats.num_computed_tokens -= len(running)
-        self.stats.num_prefill_first_steps += 1
-        del out.requests[:num_running]
-        return True
 
     def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
         """Overlap scheduling: the next decode step, planned while ``prev`` still runs.
@@ -218,6 +202,7 @@ class Scheduler:
             self.stats.num_computed_tokens += 1
             out.requests.append(ScheduledRequest(request, request.num_tokens, 1, True,
                                                  prev_row=row))
+        self.prefill_first.decodes_ran()
         return out
 
     def _scheduled(self, request: Request, num_new: int,

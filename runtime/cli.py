@@ -17,10 +17,11 @@ from sessions.manager import STORE_TTL_LEASES
 
 _ENGINE_FLAGS = ("model", "dtype", "device", "load_format", "page_size", "num_pages",
                  "max_model_len", "max_num_seqs", "max_num_batched_tokens", "prefill_first_tokens",
-                 "attention_backend", "seed", "speculative_drafter", "num_speculative_tokens",
-                 "speculative_draft_layers", "kv_cache_memory_gb", "gpu_memory_utilization",
-                 "pin_budget_fraction", "host_tier_gb", "tensor_parallel_size",
-                 "graph_attention", "gemv", "pdl", "tp_one_shot_all_reduce", "ahead_pacing")
+                 "prefill_first_max_share", "attention_backend", "seed", "speculative_drafter",
+                 "num_speculative_tokens", "speculative_draft_layers", "kv_cache_memory_gb",
+                 "gpu_memory_utilization", "pin_budget_fraction", "host_tier_gb",
+                 "tensor_parallel_size", "graph_attention", "gemv", "pdl",
+                 "tp_one_shot_all_reduce", "ahead_pacing")
 _CHOICES = {"speculative_drafter": DRAFTERS,
             "graph_attention": ("auto", "flashinfer", "triton")}
 _ALIASES = {"tensor_parallel_size": ("--tp",)}

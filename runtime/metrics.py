@@ -49,6 +49,10 @@ class Metrics:
         self.prefill_first = Gauge("agentspeed_prefill_first_steps",
                                    "Steps that ran short prompts while the decode rows sat "
                                    "out (--prefill-first-tokens), so far", registry=r)
+        self.prefill_first_capped = Gauge(
+            "agentspeed_prefill_first_capped_steps", "Steps that ran short prompts mixed with "
+            "the decode rows, their share of sit-outs spent (--prefill-first-max-share), so far",
+            registry=r)
         self.ahead_held = Gauge("agentspeed_ahead_held_steps",
                                 "Decode steps not queued ahead because a request arrived "
                                 "first (ahead pacing), so far", registry=r)
@@ -110,6 +114,7 @@ class Metrics:
         self.kv_usage.set(in_use / max(1, stats.num_total_pages))
         self.preemptions.set(stats.num_preemptions)
         self.prefill_first.set(stats.num_prefill_first_steps)
+        self.prefill_first_capped.set(stats.num_prefill_first_capped)
         self.ahead_held.set(stats.num_ahead_held_steps)
         self.kv_pages.labels("pinned").set(stats.num_pinned_pages)
         self.kv_pages.labels("host_tier").set(stats.num_host_pages)

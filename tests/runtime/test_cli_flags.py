@@ -42,6 +42,8 @@ def test_fast_path_flags_parse() -> None:
     assert _config().ahead_pacing is True and _config("--no-ahead-pacing").ahead_pacing is False
     assert _config().prefill_first_tokens == 2048
     assert _config("--prefill-first-tokens", "0").prefill_first_tokens == 0
+    assert _config().prefill_first_max_share == 0.125
+    assert _config("--prefill-first-max-share", "1").prefill_first_max_share == 1.0
 
 
 def test_bad_graph_attention_is_refused() -> None:
