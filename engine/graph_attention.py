@@ -88,6 +88,9 @@ class FlashInferGraphAttention(GraphAttention):
 
 # AGENTSPEED_DECODE_MAX_SPLITS=<n> (A/B runs): at most n KV splits a row in the decode graphs.
 MAX_GRAPH_SPLITS = int(os.environ.get("AGENTSPEED_DECODE_MAX_SPLITS") or 64)
+# AGENTSPEED_DECODE_BLOCK_N=<n> (A/B runs): keys per loop step of the decode graphs' attention
+# (32 was 0.4-0.8 us a layer ahead of 64 at batch 1 on an H100 in decode_kernels.py's grid).
+GRAPH_BLOCK_N = int(os.environ.get("AGENTSPEED_DECODE_BLOCK_N") or 64)
 
 
 def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int,
@@ -101,7 +104,8 @@ class TritonGraphAttention(GraphAttention):
     def __init__(self, kv_cache: KVCache, num_q_heads: int, scale: float,
                  slot_mapping: torch.Tensor, indices_gpu: torch.Tensor,
                  kv_indptr: torch.Tensor, kv_last: torch.Tensor, num_splits: int,
-                 block_n: int = 64, num_warps: int = 4, num_stages: int | None = None
+                 block_n: int = GRAPH_BLOCK_N, num_warps: int = 4,
+                 num_stages: int | None = None
                  ) -> None:
         """``block_n`` keys per loop step; ``num_stages`` of its software pipeline, None for
         what benchmarks/decode_kernels.py measured best: 2 below 32 rows, 3 from there (-22%
