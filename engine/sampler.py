@@ -1,10 +1,11 @@
 """Turns one step's logits into one token per request: penalties, filters, seeded draws, logprobs.
 
 Order per row (fixed, so a request's output does not depend on how it was batched):
-repetition penalty -> frequency/presence penalties -> greedy argmax, or temperature -> top-k ->
-top-p -> min-p -> draw. Reported log-probabilities come from the *raw* model logits (before any
-penalty or temperature), which is vLLM's default ("raw_logprobs"): they describe the model, not the
-sampling settings, so two requests with different settings see the same numbers for the same text.
+repetition penalty -> frequency/presence penalties -> logit bias -> greedy argmax, or
+temperature -> top-k -> top-p -> min-p -> draw. Reported log-probabilities come from the *raw*
+model logits (before any penalty, bias or temperature), which is vLLM's default
+("raw_logprobs"): they describe the model, not the sampling settings, so two requests with
+different settings see the same numbers for the same text.
 
 Nothing here reads a tensor back to the host except the single ``.tolist()`` at the end; per-row
 settings go to the device in one asynchronous copy.
@@ -53,6 +54,10 @@ def make_generator(params: SamplingParams, device: torch.device | str) -> torch.
     return generator
 
 
+def has_logit_bias(params: SamplingParams) -> bool:
+    return bool(params.logit_bias)
+
+
 def has_penalty(params: SamplingParams) -> bool:
     return (
         params.repetition_penalty != 1.0
@@ -76,23 +81,26 @@ class Sampler:
         params = [row.params for row in rows]
         any_logprobs = any(p.logprobs is not None for p in params)
         any_penalty = any(has_penalty(p) for p in params)
+        any_bias = any(has_logit_bias(p) for p in params)
         sample_idx = [i for i, p in enumerate(params) if not p.greedy]
 
-        if not sample_idx and not any_penalty and not any_logprobs:
+        if not sample_idx and not any_penalty and not any_bias and not any_logprobs:
             # The common decode batch: one kernel and one copy back, no per-row work at all.
             return [SampledToken(t, None, None) for t in logits.argmax(dim=-1).tolist()]
 
         settings = _settings_to_device(params, vocab_size, logits.device)  # (num_rows, 7)
         adjusted = apply_penalties(logits, rows, settings) if any_penalty else logits
+        if any_bias:
+            adjusted = apply_logit_bias(adjusted, rows)
         return _package(logits, _choose(adjusted, settings, rows, sample_idx), params)
 
     def sample_on_device(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         """(num_rows,) int64 token ids, left on the device: no host synchronisation at all.
 
-        For rows without penalties or logprobs (``needs_host``), the overlap scheduler's path;
-        the tokens are the ones ``__call__`` would pick.
+        For rows without penalties, logit bias or logprobs (``needs_host``), the overlap
+        scheduler's path; the tokens are the ones ``__call__`` would pick.
         """
-        assert not any(needs_host(row.params) for row in rows), "penalties/logprobs need __call__"
+        assert not any(needs_host(row.params) for row in rows), "penalties/bias/logprobs: __call__"
         assert logits.dtype == torch.float32, f"logits must be float32, got {logits.dtype}"
         sample_idx = [i for i, row in enumerate(rows) if not row.params.greedy]
         if not sample_idx:
@@ -103,8 +111,8 @@ class Sampler:
 
 
 def needs_host(params: SamplingParams) -> bool:
-    """Sampling this row reads host state (token counts) or returns logprobs."""
-    return has_penalty(params) or params.logprobs is not None
+    """Sampling this row reads host state (token counts, logit bias) or returns logprobs."""
+    return has_penalty(params) or has_logit_bias(params) or params.logprobs is not None
 
 
 def _choose(
@@ -167,6 +175,22 @@ def apply_penalties(
     frequency = settings[:, _FREQUENCY : _FREQUENCY + 1]  # (num_rows, 1)
     presence = settings[:, _PRESENCE : _PRESENCE + 1]  # (num_rows, 1)
     return adjusted - frequency * counts - presence * in_output.to(logits.dtype)
+
+
+def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+    """Each row's ``logit_bias`` added to its logits; returns a new (num_rows, vocab). The
+    (row, token) indices and the biases go to the device in one copy."""
+    vocab_size = logits.shape[1]
+    flat: list[int] = []
+    biases: list[float] = []
+    for i, row in enumerate(rows):
+        for token_id, bias in (row.params.logit_bias or {}).items():
+            flat.append(i * vocab_size + token_id)
+            biases.append(bias)
+    packed = _host_to_device(torch.tensor([flat, biases], dtype=torch.float64), logits.device)
+    out = logits.clone()
+    out.view(-1).index_add_(0, packed[0].long(), packed[1].to(logits.dtype))
+    return out
 
 
 def _sample(

@@ -48,6 +48,9 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     repetition_penalty: float = 1.0  # HF-style, over prompt and output tokens
     frequency_penalty: float = 0.0  # OpenAI-style, over output tokens
     presence_penalty: float = 0.0  # OpenAI-style, over output tokens
+    # OpenAI-style: token id -> bias in [-100, 100] added to its logit before sampling (after
+    # the penalties); -100 all but bans a token, +100 all but forces it.
+    logit_bias: dict[int, float] | None = None
     stop: list[str] = msgspec.field(default_factory=list)
     stop_token_ids: list[int] = msgspec.field(default_factory=list)
     include_stop_str_in_output: bool = False
@@ -87,6 +90,12 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise bad(name, f"must be between -2 and 2, got {value}")
+        for token_id, bias in (self.logit_bias or {}).items():
+            if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
+                raise bad("logit_bias", f"holds token {token_id}, outside the vocabulary")
+            if not -100.0 <= bias <= 100.0:
+                raise bad("logit_bias", f"values must be between -100 and 100, got {bias} "
+                          f"for token {token_id}")
         if self.seed is not None and not _MIN_SEED <= self.seed <= _MAX_SEED:
             # torch.Generator.manual_seed refuses anything outside this range.
             raise bad("seed", f"must fit in 64 bits, got {self.seed}")

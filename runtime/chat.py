@@ -27,7 +27,7 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     messages = convert.chat_messages(request)
     tools = convert.chat_tools(request)
     choice = request.tool_choice or ("auto" if tools else "none")
-    params = convert.chat_sampling(request)
+    params = convert.chat_sampling(request, state.ready.vocab_size)
     strict = any(t.function.strict for t in request.tools or [])
     params, parser = sampling_for_tools(state, params, tools, _choice_name(choice),
                                         _response_format(request), strict,

@@ -65,7 +65,8 @@ def _tool_spec(name: str, description: str | None, parameters: dict | None) -> d
     return spec
 
 
-def chat_sampling(request: chat_types.ChatCompletionRequest) -> SamplingParams:
+def chat_sampling(request: chat_types.ChatCompletionRequest,
+                  vocab_size: int | None = None) -> SamplingParams:
     logprobs = None
     if request.logprobs:
         logprobs = request.top_logprobs or 0
@@ -78,7 +79,19 @@ def chat_sampling(request: chat_types.ChatCompletionRequest) -> SamplingParams:
         stop=request.stop_list, logprobs=logprobs,
         frequency_penalty=request.frequency_penalty, presence_penalty=request.presence_penalty,
         top_k=request.top_k, min_p=request.min_p, repetition_penalty=request.repetition_penalty,
-        ignore_eos=request.ignore_eos, **_speculative(request.speculative))
+        logit_bias=_logit_bias(request.logit_bias), ignore_eos=request.ignore_eos,
+        vocab_size=vocab_size, **_speculative(request.speculative))
+
+
+def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias`` (token ids as JSON object keys) with integer keys."""
+    if not raw:
+        return None
+    for key in raw:
+        if not (key.isascii() and key.isdigit()):
+            raise invalid(f"Invalid key in 'logit_bias': {key!r} is not a token ID.",
+                          "logit_bias")
+    return {int(key): bias for key, bias in raw.items()}
 
 
 # ------------------------------------------------------------------------- responses
@@ -124,12 +137,13 @@ def _speculative(options: SpeculativeOptions | None) -> dict[str, Any]:
     return options.sampling_fields() if options is not None else {}
 
 
-def _sampling(max_tokens: tuple[str, int | None], **fields: Any) -> SamplingParams:
+def _sampling(max_tokens: tuple[str, int | None], vocab_size: int | None = None,
+              **fields: Any) -> SamplingParams:
     max_param, max_value = max_tokens
     kwargs = {k: v for k, v in fields.items() if v is not None}
     try:
         params = SamplingParams(max_tokens=max_value, **kwargs)
-        params.validate()
+        params.validate(vocab_size)
     except InvalidRequestError as exc:
         # The engine's field names, spelled as the wire protocol spells them.
         renames = {"max_tokens": max_param, "logprobs": "top_logprobs", **WIRE_NAMES}

@@ -146,6 +146,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     n: int | None = None  # only 1 is served
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
     # Extensions beyond OpenAI (vLLM/SGLang spellings).
     top_k: int | None = None

@@ -11,7 +11,14 @@ import msgspec
 import pytest
 import torch
 
-from engine.sampler import SampledToken, Sampler, SampleRow, apply_penalties, make_generator
+from engine.sampler import (
+    SampledToken,
+    Sampler,
+    SampleRow,
+    apply_penalties,
+    make_generator,
+    needs_host,
+)
 from engine.sampling_params import SamplingParams
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -190,6 +197,43 @@ def test_greedy_sees_penalised_logits(device: torch.device) -> None:
     expected = reference_penalties(logits, rows).argmax(-1).tolist()
     assert tokens == expected
     assert tokens != favourite
+
+
+def test_logit_bias_moves_greedy_in_its_row_only_after_the_penalties(device: torch.device) -> None:
+    logits = random_logits(4, 20, seed=31, device=device)
+    before = logits.clone()
+    favourite = logits.argmax(-1).tolist()
+    unlikely = logits.argmin(-1).tolist()
+    params = [
+        SamplingParams(temperature=0.0, logit_bias={favourite[0]: -100.0}),  # banned
+        SamplingParams(temperature=0.0, logit_bias={unlikely[1]: 100.0}),  # forced
+        SamplingParams(temperature=0.0),  # untouched in the same batch
+        SamplingParams(temperature=0.0, frequency_penalty=2.0, logit_bias={unlikely[3]: 3.0}),
+    ]
+    rows = [row(p, device, [], [favourite[3]] * 2 if i == 3 else []) for i, p in enumerate(params)]
+    assert all(needs_host(p) for p in params[:2]) and not needs_host(params[2])
+    tokens = [t.token_id for t in Sampler()(logits, rows)]
+    expected = reference_penalties(logits, rows)
+    for i, p in enumerate(params):
+        for token_id, bias in (p.logit_bias or {}).items():
+            expected[i, token_id] += bias
+    assert tokens == expected.argmax(-1).tolist()
+    assert tokens[0] != favourite[0] and tokens[1] == unlikely[1] and tokens[2] == favourite[2]
+    assert torch.equal(logits, before)
+
+
+def test_logit_bias_reshapes_draws_but_not_logprobs(device: torch.device) -> None:
+    logits_row = random_logits(1, 8, seed=32, device=device)[0]
+    bias = {int(logits_row.argmax()): -100.0, int(logits_row.argmin()): 2.5}
+    counts = draw_counts(logits_row, SamplingParams(logit_bias=bias), seed=33)
+    expected = logits_row.double().cpu().clone()
+    for token_id, value in bias.items():
+        expected[token_id] += value
+    assert_draws_follow(counts, expected.softmax(-1))
+    (token,) = Sampler()(logits_row[None], [row(SamplingParams(logit_bias=bias, logprobs=0,
+                                                                seed=4), device)])
+    raw = logits_row.double().cpu().log_softmax(-1)
+    assert token.logprob == pytest.approx(raw[token.token_id].item(), abs=1e-5)
 
 
 # --- filters: never outside the allowed set, right frequencies inside it --------------------------

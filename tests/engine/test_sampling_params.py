@@ -47,6 +47,11 @@ INVALID = [
     ("logprobs", 21),
     ("stop_token_ids", [-1]),
     ("stop_token_ids", [5, VOCAB_SIZE]),
+    ("logit_bias", {-1: 1.0}),
+    ("logit_bias", {VOCAB_SIZE: 1.0}),
+    ("logit_bias", {3: 100.5}),
+    ("logit_bias", {3: -101.0}),
+    ("logit_bias", {3: math.nan}),
 ]
 
 # (field, good value) at or near the edges of each range.
@@ -73,6 +78,8 @@ VALID = [
     ("logprobs", 0),
     ("logprobs", 20),
     ("stop_token_ids", [0, VOCAB_SIZE - 1]),
+    ("logit_bias", {0: -100.0, VOCAB_SIZE - 1: 100.0}),
+    ("logit_bias", {}),
 ]
 
 

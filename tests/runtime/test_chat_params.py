@@ -1,7 +1,7 @@
 """Chat Completions request parameters against the running server, through the real ``openai``
 client: tool_choice, parallel_tool_calls, response formats, token limits, seed, top_p,
-top_logprobs and the developer role. Each case checks what the parameter must change, so a
-server that ignored it would fail.
+top_logprobs, logit_bias and the developer role. Each case checks what the parameter must
+change, so a server that ignored it would fail.
 
 The cut-off tool call, tool_choice none and the format cases run streamed and not: the two
 paths build ``finish_reason``, content and tool calls separately.
@@ -152,6 +152,23 @@ def test_top_logprobs_gives_two_alternatives_per_token(client):
         assert first.token == token.token and first.logprob == token.logprob  # greedy
         assert 0 >= first.logprob >= second.logprob and first.token != second.token
     assert "".join(t.token for t in tokens) == out.choices[0].message.content
+
+
+def test_logit_bias_forces_and_bans_tokens(client, stream, default_model_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    forced = tokenizer.encode(" Paris", add_special_tokens=False)[0]
+    out = complete(client, stream, messages=messages, max_tokens=4,
+                   logit_bias={str(forced): 100})
+    assert out["content"] == tokenizer.decode([forced] * 4)
+    greedy = complete(client, stream, messages=messages, max_tokens=4)
+    first = tokenizer.encode(greedy["content"], add_special_tokens=False)[0]
+    banned = complete(client, stream, messages=messages, max_tokens=4,
+                      logit_bias={str(first): -100})
+    assert banned["content"] != greedy["content"]
+    assert tokenizer.encode(banned["content"], add_special_tokens=False)[0] != first
 
 
 def test_developer_message_is_a_system_message(client):
