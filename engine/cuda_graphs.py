@@ -25,6 +25,8 @@ import torch
 
 from engine.graph_attention import (
     GRAPH_ATTENTION_KINDS,
+    PREFETCH_MAX_BUCKET,
+    PREFETCH_O_BYTES,
     FlashInferGraphAttention,
     GraphAttention,
     TritonGraphAttention,
@@ -114,6 +116,16 @@ def pad_decode_batch(
     )
 
 
+def o_proj_weights(model: torch.nn.Module) -> list[torch.Tensor] | None:
+    """Each decoder layer's attention output projection weight, in layer order (what the
+    graphs' attention may prefetch: ``engine.graph_attention.PREFETCH_O_BYTES``); None for a
+    model not laid out that way."""
+    try:
+        return [layer.self_attn.o_proj.weight for layer in model.layers]
+    except AttributeError:
+        return None
+
+
 class _Bucket:
     """Persistent buffers, attention and captured graph of one batch size."""
 
@@ -131,10 +143,12 @@ class _Bucket:
         slots = self.inputs_gpu[2 * size:3 * size]
         common = (runner.kv_cache, runner.num_q_heads, runner.scale, slots)
         if runner.attention == "triton":
+            prefetch = o_proj_weights(runner.model) if size <= PREFETCH_MAX_BUCKET else None
             self.attn: GraphAttention = TritonGraphAttention(
                 *common, self.staged_indices_gpu, self.inputs_gpu[3 * size:4 * size + 1],
                 self.inputs_gpu[4 * size + 1:],
-                triton_graph_splits(size, runner.kv_cache.num_kv_heads, runner.num_sms))
+                triton_graph_splits(size, runner.kv_cache.num_kv_heads, runner.num_sms),
+                prefetch=prefetch, prefetch_bytes=PREFETCH_O_BYTES if prefetch else 0)
         else:
             self.attn = FlashInferGraphAttention(
                 *common, torch.zeros(runner.max_pages, dtype=torch.int32, device=device),

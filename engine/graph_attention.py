@@ -91,6 +91,20 @@ MAX_GRAPH_SPLITS = int(os.environ.get("AGENTSPEED_DECODE_MAX_SPLITS") or 64)
 # AGENTSPEED_DECODE_BLOCK_N=<n> (A/B runs): keys per loop step of the decode graphs' attention
 # (32 was 0.4-0.8 us a layer ahead of 64 at batch 1 on an H100 in decode_kernels.py's grid).
 GRAPH_BLOCK_N = int(os.environ.get("AGENTSPEED_DECODE_BLOCK_N") or 64)
+# AGENTSPEED_PREFETCH_O_MB=<mb> (A/B runs, off by default): in graphs of at most
+# PREFETCH_MAX_BUCKET rows, the decode kernel asks L2 for the first <mb> MB of the layer's
+# o_proj weight, so the one-row GEMV after it reads that part from L2: short-context attention
+# is latency-bound and leaves DRAM idle for ~8 us a layer (docs/benchmarks.md, B1).
+PREFETCH_O_BYTES = int(float(os.environ.get("AGENTSPEED_PREFETCH_O_MB") or 0) * (1 << 20))
+PREFETCH_MAX_BUCKET = 2
+L2_LINE_BYTES = 128
+
+
+def prefetch_lines(numel: int, itemsize: int, num_programs: int) -> int:
+    """L2 lines each of ``num_programs`` programs asks for so that together they cover
+    ``numel`` elements (a power of two, for ``tl.arange``)."""
+    lines = -(-numel * itemsize // L2_LINE_BYTES)
+    return next_pow2(-(-lines // num_programs))
 
 
 def triton_graph_splits(bucket: int, num_kv_heads: int, num_sms: int,
@@ -105,11 +119,12 @@ class TritonGraphAttention(GraphAttention):
                  slot_mapping: torch.Tensor, indices_gpu: torch.Tensor,
                  kv_indptr: torch.Tensor, kv_last: torch.Tensor, num_splits: int,
                  block_n: int = GRAPH_BLOCK_N, num_warps: int = 4,
-                 num_stages: int | None = None
-                 ) -> None:
+                 num_stages: int | None = None, prefetch: list[torch.Tensor] | None = None,
+                 prefetch_bytes: int = 0) -> None:
         """``block_n`` keys per loop step; ``num_stages`` of its software pipeline, None for
         what benchmarks/decode_kernels.py measured best: 2 below 32 rows, 3 from there (-22%
-        at 64 x 640 on an H200, within 1% elsewhere)."""
+        at 64 x 640 on an H200, within 1% elsewhere). ``prefetch``: one weight per layer, of
+        which the decode kernel asks L2 for the first ``prefetch_bytes``."""
         super().__init__(kv_cache, num_q_heads, scale, slot_mapping)
         assert num_q_heads % kv_cache.num_kv_heads == 0, "query heads must group over KV heads"
         self.indices_gpu, self.kv_indptr, self.kv_last = indices_gpu, kv_indptr, kv_last
@@ -121,6 +136,14 @@ class TritonGraphAttention(GraphAttention):
         shape = (bucket, num_q_heads, num_splits)
         self.mid_o = torch.empty((*shape, head_dim), dtype=torch.float32, device=kv_cache.device)
         self.mid_lse = torch.empty(shape, dtype=torch.float32, device=kv_cache.device)
+        self.prefetch: list[dict] = []
+        for weight in prefetch if prefetch_bytes > 0 else ():
+            numel = min(weight.numel(), prefetch_bytes // weight.element_size())
+            lines = prefetch_lines(numel, weight.element_size(), bucket * kv_cache.num_kv_heads
+                                   * num_splits)
+            self.prefetch.append(dict(PREFETCH=weight, prefetch_numel=numel,
+                                      PREFETCH_LINES=lines,
+                                      PREFETCH_LINE=L2_LINE_BYTES // weight.element_size()))
 
     def forward(self, layer_id: int, q: torch.Tensor, k: torch.Tensor,
                 v: torch.Tensor) -> torch.Tensor:
@@ -140,7 +163,7 @@ class TritonGraphAttention(GraphAttention):
             splits, self.kv_indptr, self.kv_last, PAGE_SIZE=cache.page_size, SPLIT=split,
             BLOCK_H=max(16, next_pow2(self.group)), BLOCK_N=self.block_n, BLOCK_D=block_d,
             CSR=True, DYN_SPLIT=True, num_warps=self.num_warps, num_stages=self.num_stages,
-            **pdl_args(q),
+            **(self.prefetch[layer_id] if self.prefetch else {}), **pdl_args(q),
         )
         if split:
             tk.merge_kernel[(rows, self.num_q_heads)](

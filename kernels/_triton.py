@@ -91,6 +91,17 @@ def pdl_wait(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
+@jit
+def l2_prefetch(BASE, numel, program, LINES: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for lines ``program * LINES ..`` (``LINE`` elements each) of ``BASE[:numel]``
+    and go on: no registers held, nothing waited for. For weights a later kernel reads while
+    this one is latency-bound (inline PTX: CUDA only, never the interpreter)."""
+    offs = (program.to(tl.int64) * LINES + tl.arange(0, LINES)) * LINE
+    ptrs = BASE + tl.minimum(offs, numel - 1)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
+                              [ptrs.to(tl.int64)], dtype=tl.int32, is_pure=False, pack=1)
+
+
 def pack_aligned(lists: list[list[int]], dtype: torch.dtype, device: torch.device | str,
                  pin: bool = False) -> list[torch.Tensor]:
     """``lists`` as views of one tensor, copied to ``device`` at once, each view starting on a

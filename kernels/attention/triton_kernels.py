@@ -16,7 +16,7 @@ launch, so a captured graph serves any context lengths. Scores are kept in base 
 
 from __future__ import annotations
 
-from kernels._triton import jit, pdl_wait, tl
+from kernels._triton import jit, l2_prefetch, pdl_wait, tl
 
 
 @jit
@@ -81,16 +81,23 @@ def decode_kernel(
     PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    PREFETCH=None, prefetch_numel=0, PREFETCH_LINES: tl.constexpr = 0,
+    PREFETCH_LINE: tl.constexpr = 64,
 ):
     """One program: one decode row x one KV head (all its ``group`` query heads) x one split.
 
     ``CSR``: pages from ``KV_INDPTR``/``PAGE_TABLE`` (flat indices)/``KV_LAST`` instead of the
     padded table; ``DYN_SPLIT``: ``split_len`` is ``kv_len / num_splits`` (rounded up to
-    ``BLOCK_N``) for each row, so splits past a short context are empty."""
+    ``BLOCK_N``) for each row, so splits past a short context are empty. ``PREFETCH_LINES``:
+    each program first asks L2 for its share of ``PREFETCH[:prefetch_numel]`` (the next
+    layer's weights: ``engine.graph_attention``)."""
     pdl_wait(USE_PDL)
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    if PREFETCH_LINES > 0:
+        program = (row * tl.num_programs(1) + kv_head) * tl.num_programs(2) + split
+        l2_prefetch(PREFETCH, prefetch_numel, program, PREFETCH_LINES, PREFETCH_LINE)
     tok, kv_len, page_row = _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row,
                                         stride_pt, PAGE_SIZE, CSR)
     split_len = _row_split_len(kv_len, split_len, num_splits, BLOCK_N, DYN_SPLIT)

@@ -55,3 +55,29 @@ def test_capture_batch_is_all_padding_on_the_scratch_page() -> None:
     assert out.input_ids == [0, 0] and out.positions == [0, 0]
     assert out.slot_mapping == [SCRATCH_PAGE * 4] * 2
     assert out.kv_indices == [SCRATCH_PAGE] * 2 and out.kv_indptr == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("numel", "itemsize", "programs"),
+                         [(4096 * 4096, 2, 512), (8 << 20, 2, 1024), (100, 2, 512), (1, 4, 8),
+                          (3 << 20, 2, 96)])
+def test_prefetch_lines_cover_the_range_in_a_power_of_two_each(numel, itemsize, programs):
+    from engine.graph_attention import L2_LINE_BYTES, prefetch_lines
+
+    lines = prefetch_lines(numel, itemsize, programs)
+    assert lines & (lines - 1) == 0, "tl.arange needs a power of two"
+    covered = lines * programs * L2_LINE_BYTES
+    assert covered >= numel * itemsize
+    assert lines == 1 or (lines // 2) * programs * L2_LINE_BYTES < numel * itemsize  # no more
+
+
+def test_o_proj_weights_in_layer_order(tiny_qwen3_path) -> None:
+    import torch
+
+    from engine.cuda_graphs import o_proj_weights
+    from engine.llm import LLM
+
+    model = LLM(tiny_qwen3_path, enforce_eager=True).engine.runner.model
+    weights = o_proj_weights(model)
+    assert weights is not None and len(weights) == len(model.layers)
+    assert all(w is layer.self_attn.o_proj.weight for w, layer in zip(weights, model.layers))
+    assert o_proj_weights(torch.nn.Linear(2, 2)) is None

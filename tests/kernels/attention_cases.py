@@ -108,11 +108,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def run_graph_attention(kind: str, case: AttentionCase, bucket: int,
-                        num_splits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def run_graph_attention(kind: str, case: AttentionCase, bucket: int, num_splits: int = 4,
+                        prefetch: torch.Tensor | None = None,
+                        prefetch_bytes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A decode batch through the attention a decode CUDA graph captures (``kind``: triton or
     flashinfer), padded to ``bucket`` rows on the scratch page, run eagerly; returns (output of
-    the real rows, float32 torch-reference output)."""
+    the real rows, float32 torch-reference output). ``prefetch``: Triton's L2 prefetch of the
+    first ``prefetch_bytes`` of this weight (layer 0's)."""
     from engine.cuda_graphs import padded_kv_layout
     from engine.graph_attention import FlashInferGraphAttention, TritonGraphAttention
 
@@ -129,7 +131,8 @@ def run_graph_attention(kind: str, case: AttentionCase, bucket: int,
         attn = TritonGraphAttention(
             cache, case.num_q_heads, case.scale, slots, indices_gpu,
             torch.tensor(indptr, device=device), torch.tensor(last, device=device), num_splits,
-            block_n=16 if device.type == "cpu" else 32)
+            block_n=16 if device.type == "cpu" else 32,
+            prefetch=[prefetch] if prefetch is not None else None, prefetch_bytes=prefetch_bytes)
     else:
         buffer = torch.zeros(len(indices) + 8, dtype=torch.int32, device=device)
         workspace = torch.zeros(128 << 20, dtype=torch.uint8, device=device)

@@ -191,6 +191,23 @@ def test_graph_attention(kind, batch_size, context, page_size, heads, head_dim) 
     assert err < TOL, f"{kind} graph attention: relative error {err:.3e}"
 
 
+@pytest.mark.parametrize("prefetch_mb", [1, 16, 64])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_graph_attention_l2_prefetch_changes_no_output(batch_size, prefetch_mb) -> None:
+    """The decode kernel's L2 prefetch of a weight (AGENTSPEED_PREFETCH_O_MB; 64 MB asks past
+    the end of this 32 MB weight: the addresses clamp) compiles and leaves the output bit for
+    bit as without it."""
+    q_lens, kv_lens = batch_lens("decode", batch_size, 640)
+    weight = torch.randn(4096, 4096, device=DEVICE).to(torch.bfloat16)
+
+    def run(prefetch_bytes: int) -> torch.Tensor:
+        case = make_case(q_lens, kv_lens, 16, 32, 8, 128, torch.bfloat16, DEVICE, seed=5)
+        return run_graph_attention("triton", case, batch_size, 64, weight if prefetch_bytes
+                                   else None, prefetch_bytes)[0]
+
+    torch.testing.assert_close(run(prefetch_mb << 20), run(0), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("silu_mul", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
