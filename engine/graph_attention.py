@@ -92,11 +92,15 @@ MAX_GRAPH_SPLITS = int(os.environ.get("AGENTSPEED_DECODE_MAX_SPLITS") or 64)
 # (32 was 0.4-0.8 us a layer ahead of 64 at batch 1 on an H100 in decode_kernels.py's grid).
 GRAPH_BLOCK_N = int(os.environ.get("AGENTSPEED_DECODE_BLOCK_N") or 64)
 # AGENTSPEED_PREFETCH_O_MB=<mb> (A/B runs, off by default): in graphs of at most
-# PREFETCH_MAX_BUCKET rows, the decode kernel asks L2 for the first <mb> MB of the layer's
-# o_proj weight, so the one-row GEMV after it reads that part from L2: short-context attention
-# is latency-bound and leaves DRAM idle for ~8 us a layer (docs/benchmarks.md, B1).
+# PREFETCH_MAX_BUCKET rows (AGENTSPEED_PREFETCH_MAX_BUCKET, default 2), the decode kernel asks
+# L2 for the first <mb> MB of the layer's o_proj weight, so the GEMV after it reads that part
+# from L2: short-context attention is latency-bound and leaves DRAM idle for ~8 us a layer
+# (docs/benchmarks.md, B1).
 PREFETCH_O_BYTES = int(float(os.environ.get("AGENTSPEED_PREFETCH_O_MB") or 0) * (1 << 20))
-PREFETCH_MAX_BUCKET = 2
+PREFETCH_MAX_BUCKET = int(os.environ.get("AGENTSPEED_PREFETCH_MAX_BUCKET") or 2)
+# ... and only from rows of at most this many tokens: at 4K a row's KV is 16 MB a layer, read at
+# copy speed in about as long as the short-context attention takes.
+PREFETCH_MAX_KV = 4096
 L2_LINE_BYTES = 128
 
 
@@ -142,7 +146,7 @@ class TritonGraphAttention(GraphAttention):
             lines = prefetch_lines(numel, weight.element_size(), bucket * kv_cache.num_kv_heads
                                    * num_splits)
             self.prefetch.append(dict(PREFETCH=weight, prefetch_numel=numel,
-                                      PREFETCH_LINES=lines,
+                                      prefetch_max_kv=PREFETCH_MAX_KV, PREFETCH_LINES=lines,
                                       PREFETCH_LINE=L2_LINE_BYTES // weight.element_size()))
 
     def forward(self, layer_id: int, q: torch.Tensor, k: torch.Tensor,

@@ -81,7 +81,7 @@ def decode_kernel(
     PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CSR: tl.constexpr = False, DYN_SPLIT: tl.constexpr = False, USE_PDL: tl.constexpr = False,
-    PREFETCH=None, prefetch_numel=0, PREFETCH_LINES: tl.constexpr = 0,
+    PREFETCH=None, prefetch_numel=0, prefetch_max_kv=0, PREFETCH_LINES: tl.constexpr = 0,
     PREFETCH_LINE: tl.constexpr = 64,
 ):
     """One program: one decode row x one KV head (all its ``group`` query heads) x one split.
@@ -89,17 +89,19 @@ def decode_kernel(
     ``CSR``: pages from ``KV_INDPTR``/``PAGE_TABLE`` (flat indices)/``KV_LAST`` instead of the
     padded table; ``DYN_SPLIT``: ``split_len`` is ``kv_len / num_splits`` (rounded up to
     ``BLOCK_N``) for each row, so splits past a short context are empty. ``PREFETCH_LINES``:
-    each program first asks L2 for its share of ``PREFETCH[:prefetch_numel]`` (the next
-    layer's weights: ``engine.graph_attention``)."""
+    each program of a row with at most ``prefetch_max_kv`` keys first asks L2 for its share of
+    ``PREFETCH[:prefetch_numel]`` (the o_proj weight read next: ``engine.graph_attention``);
+    longer rows keep DRAM busy themselves."""
     pdl_wait(USE_PDL)
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    if PREFETCH_LINES > 0:
-        program = (row * tl.num_programs(1) + kv_head) * tl.num_programs(2) + split
-        l2_prefetch(PREFETCH, prefetch_numel, program, PREFETCH_LINES, PREFETCH_LINE)
     tok, kv_len, page_row = _decode_row(SEQ_IDS, CU_Q_LENS, KV_LENS, KV_INDPTR, KV_LAST, row,
                                         stride_pt, PAGE_SIZE, CSR)
+    if PREFETCH_LINES > 0:
+        if kv_len <= prefetch_max_kv:
+            program = (row * tl.num_programs(1) + kv_head) * tl.num_programs(2) + split
+            l2_prefetch(PREFETCH, prefetch_numel, program, PREFETCH_LINES, PREFETCH_LINE)
     split_len = _row_split_len(kv_len, split_len, num_splits, BLOCK_N, DYN_SPLIT)
     offs_h = tl.arange(0, BLOCK_H)
     h_mask = offs_h < group

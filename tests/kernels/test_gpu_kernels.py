@@ -192,12 +192,13 @@ def test_graph_attention(kind, batch_size, context, page_size, heads, head_dim) 
 
 
 @pytest.mark.parametrize("prefetch_mb", [1, 16, 64])
+@pytest.mark.parametrize("context", [640, 6000])
 @pytest.mark.parametrize("batch_size", [1, 2])
-def test_graph_attention_l2_prefetch_changes_no_output(batch_size, prefetch_mb) -> None:
+def test_graph_attention_l2_prefetch_changes_no_output(batch_size, context, prefetch_mb) -> None:
     """The decode kernel's L2 prefetch of a weight (AGENTSPEED_PREFETCH_O_MB; 64 MB asks past
-    the end of this 32 MB weight: the addresses clamp) compiles and leaves the output bit for
-    bit as without it."""
-    q_lens, kv_lens = batch_lens("decode", batch_size, 640)
+    the end of this 32 MB weight: the addresses clamp; rows past PREFETCH_MAX_KV skip it)
+    compiles and leaves the output bit for bit as without it."""
+    q_lens, kv_lens = batch_lens("decode", batch_size, context)
     weight = torch.randn(4096, 4096, device=DEVICE).to(torch.bfloat16)
 
     def run(prefetch_bytes: int) -> torch.Tensor:
