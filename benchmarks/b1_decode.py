@@ -234,8 +234,10 @@ def main() -> None:
     if args.gemv_wide_config:
         gemv_ops.WIDE_CONFIG = tuple(int(v) for v in args.gemv_wide_config.split(","))
     one_row_max = gemv_ops.one_row_max_out(torch.device("cuda", torch.cuda.current_device()))
+    knobs = {k: v for k, v in os.environ.items() if k.startswith(("AGENTSPEED_DECODE_",
+                                                                  "AGENTSPEED_PREFETCH_"))}
     print(f"variant: graph_attention={args.graph_attention} gemv={args.gemv} pdl={args.pdl} "
-          f"gemv_one_row_max={one_row_max} wide={gemv_ops.WIDE_CONFIG}",
+          f"gemv_one_row_max={one_row_max} wide={gemv_ops.WIDE_CONFIG} env={knobs}",
           flush=True)
     t0 = time.perf_counter()
     try:
