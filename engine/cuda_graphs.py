@@ -143,12 +143,13 @@ class _Bucket:
         slots = self.inputs_gpu[2 * size:3 * size]
         common = (runner.kv_cache, runner.num_q_heads, runner.scale, slots)
         if runner.attention == "triton":
-            prefetch = o_proj_weights(runner.model) if size <= PREFETCH_MAX_BUCKET else None
+            prefetch = (o_proj_weights(runner.model)
+                        if PREFETCH_O_BYTES and size <= PREFETCH_MAX_BUCKET else None)
             self.attn: GraphAttention = TritonGraphAttention(
                 *common, self.staged_indices_gpu, self.inputs_gpu[3 * size:4 * size + 1],
                 self.inputs_gpu[4 * size + 1:],
                 triton_graph_splits(size, runner.kv_cache.num_kv_heads, runner.num_sms),
-                prefetch=prefetch, prefetch_bytes=PREFETCH_O_BYTES if prefetch else 0)
+                prefetch=prefetch, prefetch_bytes=PREFETCH_O_BYTES)
         else:
             self.attn = FlashInferGraphAttention(
                 *common, torch.zeros(runner.max_pages, dtype=torch.int32, device=device),

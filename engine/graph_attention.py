@@ -141,7 +141,7 @@ class TritonGraphAttention(GraphAttention):
         self.mid_o = torch.empty((*shape, head_dim), dtype=torch.float32, device=kv_cache.device)
         self.mid_lse = torch.empty(shape, dtype=torch.float32, device=kv_cache.device)
         self.prefetch: list[dict] = []
-        for weight in prefetch if prefetch_bytes > 0 else ():
+        for weight in prefetch if prefetch and prefetch_bytes > 0 else ():
             numel = min(weight.numel(), prefetch_bytes // weight.element_size())
             lines = prefetch_lines(numel, weight.element_size(), bucket * kv_cache.num_kv_heads
                                    * num_splits)

@@ -81,3 +81,29 @@ def test_o_proj_weights_in_layer_order(tiny_qwen3_path) -> None:
     assert weights is not None and len(weights) == len(model.layers)
     assert all(w is layer.self_attn.o_proj.weight for w, layer in zip(weights, model.layers))
     assert o_proj_weights(torch.nn.Linear(2, 2)) is None
+
+
+def test_graph_attention_prefetch_arguments_per_layer() -> None:
+    """What the decode kernel gets per layer: the layer's weight, the bytes asked for (capped at
+    the weight), lines covering them over the grid; nothing without weights or bytes."""
+    import torch
+
+    from engine.graph_attention import L2_LINE_BYTES, PREFETCH_MAX_KV, TritonGraphAttention
+    from kernels.kv_cache import KVCache
+
+    cache = KVCache(num_layers=2, num_pages=4, page_size=16, num_kv_heads=2, head_dim=8,
+                    dtype=torch.bfloat16, device="cpu")
+    zeros = torch.zeros(2, dtype=torch.int64)
+
+    def attention(prefetch, prefetch_bytes):
+        return TritonGraphAttention(cache, 4, 1.0, zeros, zeros.int(), zeros, zeros, 8,
+                                    prefetch=prefetch, prefetch_bytes=prefetch_bytes)
+
+    weights = [torch.zeros(64, 64, dtype=torch.bfloat16) for _ in range(2)]
+    args = attention(weights, 4096).prefetch
+    assert [a["PREFETCH"] for a in args] == weights
+    assert all(a["prefetch_numel"] == 2048 and a["prefetch_max_kv"] == PREFETCH_MAX_KV
+               and a["PREFETCH_LINE"] == L2_LINE_BYTES // 2 for a in args)
+    assert args[0]["PREFETCH_LINES"] * 2 * 2 * 8 * L2_LINE_BYTES >= 4096  # bucket x heads x splits
+    assert attention(weights, 1 << 30).prefetch[0]["prefetch_numel"] == 64 * 64  # capped
+    assert attention(None, 4096).prefetch == [] and attention(weights, 0).prefetch == []
