@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -9,8 +10,13 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 
 from runtime import convert
+from runtime.fanout import merge
 from runtime.generation import Finished, generate
-from runtime.guard import generation_slot, sampling_for_tools
+from runtime.guard import (
+    check_generation_count,
+    generation_slot,
+    sampling_for_tools,
+)
 from runtime.logprobs import chat_logprobs
 from runtime.protocol import chat as t
 from runtime.protocol.codec import decode_request, encode_json
@@ -24,6 +30,8 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     if not state.accepts_model(request.model):
         raise not_found(f"The model '{request.model}' does not exist.", "model",
                         "model_not_found")
+    n = request.n or 1
+    check_generation_count(state, n, "n")
     messages = convert.chat_messages(request)
     tools = convert.chat_tools(request)
     choice = request.tool_choice or ("auto" if tools else "none")
@@ -36,22 +44,29 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     convert.check_fits(state, prompt_ids, params, "messages",
                        "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
     completion_id = "chatcmpl-" + secrets.token_hex(12)
-    events = generate(state.engine, state.tokenizer, completion_id, prompt_ids, params, parser,
-                      None, state.cache_salt(owner))
+    # One engine request per choice; each has its own parser state and, when seeded, its own
+    # seed (seed + index), so sampled choices differ and stay reproducible.
+    events = merge([
+        generate(state.engine, state.tokenizer, f"{completion_id}-{i}", prompt_ids,
+                 convert.choice_params(params, i), copy.deepcopy(parser), None,
+                 state.cache_salt(owner))
+        for i in range(n)])
     if request.stream:
         # Started here: a 429 leaves as a status, and a stream whose client goes away before
         # its first chunk is still closed (a started generator is finalised; its slot freed).
-        stream = _stream(state, request, completion_id, events)
+        stream = _stream(state, request, completion_id, events, n)
         first = await anext(stream)
         return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
-    async with generation_slot(state, "chat"):
-        start, final = time.monotonic(), None
-        async for event in events:
+    finals: dict[int, Finished] = {}
+    async with generation_slot(state, "chat", n):
+        start = time.monotonic()
+        async for index, event in events:
             if isinstance(event, Finished):
-                final = event
+                finals[index] = event
+                state.metrics.observe_finished(event, start, time.monotonic())
     state.metrics.requests.labels("chat", "ok").inc()
-    state.metrics.observe_finished(final, start, time.monotonic())
-    return Response(encode_json(_completion(state, request, completion_id, final)),
+    return Response(encode_json(_completion(state, request, completion_id,
+                                            [finals[i] for i in range(n)])),
                     media_type="application/json")
 
 
@@ -85,21 +100,28 @@ def _finish_reason(final: Finished) -> str:
     return "length" if final.finish_reason == "length" else "stop"
 
 
-def _usage(final: Finished) -> t.Usage:
-    return t.Usage.of(final.prompt_tokens, final.completion_tokens, final.cached_tokens)
+def _usage(finals: list[Finished]) -> t.Usage:
+    """The prompt counts once however many choices it has; its cached part is the least any
+    choice found (the choices of one prompt run side by side, so later ones may hit more)."""
+    return t.Usage.of(finals[0].prompt_tokens, sum(f.completion_tokens for f in finals),
+                      min(f.cached_tokens for f in finals))
 
 
-def _completion(state: ServerState, request, completion_id: str, final: Finished):
-    calls = [t.ToolCall(id=c.call_id, function=t.FunctionCall(name=c.name, arguments=c.arguments))
-             for c in final.tool_calls]
-    message = t.ChatCompletionMessage(content=final.text if final.text or not calls else None)
-    if calls:
-        message.tool_calls = calls
-    logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
-    choice = t.Choice(index=0, message=message, finish_reason=_finish_reason(final),
-                      logprobs=logprobs)
+def _completion(state: ServerState, request, completion_id: str, finals: list[Finished]):
+    choices = []
+    for index, final in enumerate(finals):
+        calls = [t.ToolCall(id=c.call_id,
+                            function=t.FunctionCall(name=c.name, arguments=c.arguments))
+                 for c in final.tool_calls]
+        message = t.ChatCompletionMessage(content=final.text if final.text or not calls
+                                          else None)
+        if calls:
+            message.tool_calls = calls
+        logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
+        choices.append(t.Choice(index=index, message=message,
+                                finish_reason=_finish_reason(final), logprobs=logprobs))
     return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
-                            choices=[choice], usage=_usage(final))
+                            choices=choices, usage=_usage(finals))
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -108,47 +130,51 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield data
 
 
-async def _stream(state, request, completion_id, events) -> AsyncIterator[bytes]:
-    """SSE chunks of one completion; holds a generation slot from its first step to its end."""
-    slot = generation_slot(state, "chat")
+async def _stream(state, request, completion_id, events, n: int) -> AsyncIterator[bytes]:
+    """SSE chunks of one completion's ``n`` choices, interleaved as their tokens come; holds
+    the request's generation slots from its first chunk to its end."""
+    slot = generation_slot(state, "chat", n)
     await slot.__aenter__()
     created, model = int(time.time()), state.model_name
     include_usage = request.include_usage
 
-    def chunk(delta: t.ChoiceDelta, finish=None, logprobs=None) -> bytes:
+    def chunk(index: int, delta: t.ChoiceDelta, finish=None, logprobs=None) -> bytes:
         c = t.ChatCompletionChunk(
             id=completion_id, created=created, model=model,
-            choices=[t.ChunkChoice(index=0, delta=delta, finish_reason=finish,
+            choices=[t.ChunkChoice(index=index, delta=delta, finish_reason=finish,
                                    logprobs=logprobs)])
         if include_usage:
             c.usage = None
         return b"data: " + encode_json(c) + b"\n\n"
 
     try:
-        yield chunk(t.ChoiceDelta(role="assistant", content=""))
-        start = time.monotonic()
-        async for event in events:
+        for index in range(n):
+            yield chunk(index, t.ChoiceDelta(role="assistant", content=""))
+        start, finals = time.monotonic(), {}
+        async for index, event in events:
             if isinstance(event, TextDelta):
-                yield chunk(t.ChoiceDelta(content=event.text))
+                yield chunk(index, t.ChoiceDelta(content=event.text))
             elif isinstance(event, ToolCallStart):
-                yield chunk(t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
+                yield chunk(index, t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
                     index=event.index, id=event.call_id, type="function",
                     function=t.DeltaFunction(name=event.name, arguments=""))]))
             elif isinstance(event, ToolCallArgsDelta):
-                yield chunk(t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
+                yield chunk(index, t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
                     index=event.index, function=t.DeltaFunction(arguments=event.delta))]))
             elif isinstance(event, Finished):
-                # Counted before the last chunks leave: a client that saw them finds it in
-                # /metrics.
-                state.metrics.requests.labels("chat", "ok").inc()
+                finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())
+                if len(finals) == n:
+                    # Counted before the last chunks leave: a client that saw them finds it
+                    # in /metrics.
+                    state.metrics.requests.labels("chat", "ok").inc()
                 logprobs = (chat_logprobs(state.tokenizer, event.logprobs)
                             if request.logprobs else None)
-                yield chunk(t.ChoiceDelta(), _finish_reason(event), logprobs)
-                if include_usage:
-                    last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                                 choices=[], usage=_usage(event))
-                    yield b"data: " + encode_json(last) + b"\n\n"
+                yield chunk(index, t.ChoiceDelta(), _finish_reason(event), logprobs)
+        if include_usage:
+            last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
+                                         choices=[], usage=_usage([finals[i] for i in range(n)]))
+            yield b"data: " + encode_json(last) + b"\n\n"
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
         from runtime.guard import api_error_of
 
@@ -157,5 +183,6 @@ async def _stream(state, request, completion_id, events) -> AsyncIterator[bytes]
         yield b"data: " + encode_json({"error": {"message": err.message, "type": err.type,
                                                  "param": err.param, "code": err.code}}) + b"\n\n"
     finally:
+        await events.aclose()  # cancels choices still running (client gone, an error)
         await slot.__aexit__(None, None, None)
     yield b"data: [DONE]\n\n"

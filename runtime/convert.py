@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from runtime.protocol import chat as chat_types
@@ -92,6 +94,20 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
             raise invalid(f"Invalid key in 'logit_bias': {key!r} is not a token ID.",
                           "logit_bias")
     return {int(key): bias for key, bias in raw.items()}
+
+
+_SEED_SPAN = 2**64
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Sampling of choice ``index`` of several (``n``): seeded requests get ``seed + index``
+    (wrapped into the seed range), so the choices differ and each stays reproducible."""
+    if index == 0 or params.seed is None:
+        return params
+    seed = params.seed + index
+    if seed >= _SEED_SPAN:
+        seed -= _SEED_SPAN
+    return msgspec.structs.replace(params, seed=seed)
 
 
 # ------------------------------------------------------------------------- responses

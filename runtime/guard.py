@@ -42,30 +42,41 @@ def api_error_of(exc: BaseException) -> APIError:
 
 
 class generation_slot:  # noqa: N801 - used like a function: `async with generation_slot(...)`
-    """Counts a generation against the server's limit; maps engine errors to ``APIError``."""
+    """Counts a request's generations against the server's limit; maps engine errors to
+    ``APIError``. ``count`` is how many generations the request runs at once (its ``n``
+    choices of each prompt)."""
 
-    def __init__(self, state: ServerState, endpoint: str) -> None:
-        self.state, self.endpoint, self.entered = state, endpoint, False
+    def __init__(self, state: ServerState, endpoint: str, count: int = 1) -> None:
+        self.state, self.endpoint, self.count, self.entered = state, endpoint, count, False
 
     async def __aenter__(self) -> generation_slot:
         state = self.state
-        if state.in_flight >= state.config.max_concurrent_requests:
+        if state.in_flight + self.count > state.config.max_concurrent_requests:
             state.metrics.requests.labels(self.endpoint, "rejected").inc()
             raise rate_limited("Too many concurrent requests; retry shortly.")
         if not state.engine.is_alive:
             raise server_error("The engine is not running.")
-        state.in_flight += 1
+        state.in_flight += self.count
         self.entered = True
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         if self.entered:
-            self.state.in_flight -= 1
+            self.state.in_flight -= self.count
             self.entered = False
         if exc is not None and not isinstance(exc, APIError) and isinstance(exc, Exception):
             self.state.metrics.requests.labels(self.endpoint, "error").inc()
             raise api_error_of(exc) from exc
         return False
+
+
+def check_generation_count(state: ServerState, count: int, param: str) -> None:
+    """Refuse (400, not 429: retrying cannot help) a request that alone runs more generations
+    than the server ever runs at once."""
+    limit = state.config.max_concurrent_requests
+    if count > limit:
+        raise invalid(f"This request runs {count} generations at once; this server runs at "
+                      f"most {limit} (--max-concurrent-requests).", param, "unsupported_value")
 
 
 def sampling_for_tools(state: ServerState, params: SamplingParams, tools: list[dict],

@@ -15,6 +15,8 @@ from msgspec import UNSET, Struct, UnsetType, field
 from runtime.protocol.errors import invalid
 from runtime.protocol.extensions import SpeculativeOptions
 
+MAX_CHOICES = 128  # OpenAI's limit on ``n``
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
@@ -143,7 +145,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     stop: str | list[str] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None  # alternatives per token, 0..20; needs logprobs=True
-    n: int | None = None  # only 1 is served
+    n: int | None = None  # choices to generate, 1..MAX_CHOICES (each its own engine request)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
@@ -157,8 +159,8 @@ class ChatCompletionRequest(Struct, kw_only=True):
 
     def __post_init__(self) -> None:
         # APIError is not a ValueError, so msgspec lets it through decode unchanged.
-        if self.n is not None and self.n != 1:
-            raise invalid(f"Only n=1 is supported, got n={self.n}.", "n", "unsupported_value")
+        if self.n is not None and not 1 <= self.n <= MAX_CHOICES:
+            raise invalid(f"n must be between 1 and {MAX_CHOICES}, got {self.n}.", "n")
         if not self.messages:
             raise invalid("'messages' must contain at least one message.", "messages",
                           "empty_array")

@@ -181,7 +181,8 @@ def with_hi(**fields: object) -> str:
     (with_hi(tool_choice="sometimes"), "tool_choice", "invalid_value"),
     (with_hi(tools=[{"type": "custom", "custom": {}}]), "tools[0].type", "invalid_value"),
     (with_hi(stop=5), "stop", "invalid_type"),
-    (with_hi(n=2), "n", "unsupported_value"),
+    (with_hi(n=0), "n", None),
+    (with_hi(n=129), "n", None),
     ('{"messages": []}', "messages", "empty_array"),
     ('{"messages": [', None, "invalid_json"),
     ('[1, 2]', None, "invalid_type"),
@@ -198,11 +199,12 @@ def test_malformed_chat_bodies_name_the_parameter(body, param, code):
                                          "param": param, "code": code}}
 
 
-def test_n_two_is_rejected_with_a_clear_message():
-    with pytest.raises(APIError, match=r"Only n=1 is supported, got n=2") as info:
-        decode_request(with_hi(n=2).encode(), chat.ChatCompletionRequest)
+def test_n_outside_its_range_is_rejected_with_a_clear_message():
+    with pytest.raises(APIError, match=r"n must be between 1 and 128, got 0") as info:
+        decode_request(with_hi(n=0).encode(), chat.ChatCompletionRequest)
     assert info.value.param == "n"
-    assert decode_request(with_hi(n=1).encode(), chat.ChatCompletionRequest).n == 1
+    for n in (1, 2, 128):
+        assert decode_request(with_hi(n=n).encode(), chat.ChatCompletionRequest).n == n
 
 
 def test_msgspec_error_paths_map_to_params():

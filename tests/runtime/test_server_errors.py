@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.runtime.conftest import API_KEY
+from tests.runtime.conftest import API_KEY, MAX_CONCURRENT
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MSG = [{"role": "user", "content": "hi"}]
@@ -37,7 +37,9 @@ HTTP_CASES = [
      "temperature", None),
     ("max_tokens zero", "POST", "/v1/chat/completions", chat(max_tokens=0), AUTH, 400,
      "max_tokens", None),
-    ("n=2", "POST", "/v1/chat/completions", chat(n=2), AUTH, 400, "n", None),
+    ("n=0", "POST", "/v1/chat/completions", chat(n=0), AUTH, 400, "n", None),
+    ("n over the concurrency limit", "POST", "/v1/chat/completions", chat(n=MAX_CONCURRENT + 1),
+     AUTH, 400, "n", "unsupported_value"),
     ("unknown model", "POST", "/v1/chat/completions", chat(model="gpt-9"), AUTH, 404, "model",
      "model_not_found"),
     ("prompt over context", "POST", "/v1/chat/completions",
