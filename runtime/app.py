@@ -76,7 +76,7 @@ def _stop_server(why: str) -> None:
 
 
 def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
-    from runtime import chat, responses, ws
+    from runtime import chat, completions, responses, ws
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,6 +145,11 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     async def chat_completions(request: Request):
         return await chat.handle(request.app.state.server, await _body(request, config),
                                  owner(config, request.headers))
+
+    @app.post("/v1/completions")
+    async def text_completions(request: Request):
+        return await completions.handle(request.app.state.server, await _body(request, config),
+                                        owner(config, request.headers))
 
     @app.post("/v1/responses")
     async def create_response(request: Request):

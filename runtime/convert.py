@@ -13,6 +13,7 @@ import msgspec
 from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from runtime.protocol import chat as chat_types
+from runtime.protocol import completions as completion_types
 from runtime.protocol import responses as resp_types
 from runtime.protocol.errors import APIError, invalid
 from runtime.protocol.extensions import WIRE_NAMES, SpeculativeOptions
@@ -110,6 +111,54 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
     return msgspec.structs.replace(params, seed=seed)
 
 
+# ------------------------------------------------------------------------ completions
+def completion_prompts(request: completion_types.CompletionRequest, tokenizer: Any,
+                       vocab_size: int) -> list[tuple[list[int], str]]:
+    """Each prompt of a Completions request as (token ids, its text for ``echo``)."""
+    prompt = request.prompt
+
+    def tokens(ids: list, param: str) -> tuple[list[int], str]:
+        if not ids:
+            raise invalid(f"'{param}' must not be empty.", param, "empty_array")
+        for token in ids:
+            if type(token) is not int or not 0 <= token < vocab_size:
+                raise invalid(f"'{param}' holds {token!r}, which is not a token ID of this "
+                              f"model (0..{vocab_size - 1}).", param)
+        return list(ids), tokenizer.decode(ids)
+
+    def text(value: str, param: str) -> tuple[list[int], str]:
+        ids = list(tokenizer.encode(value))
+        if not ids:
+            raise invalid(f"'{param}' must not be empty.", param, "empty_string")
+        return ids, value
+
+    if isinstance(prompt, str):
+        return [text(prompt, "prompt")]
+    if not isinstance(prompt, list) or not prompt:
+        what = "must not be empty" if prompt == [] else "must be a string, a list of strings, " \
+            "a list of token IDs or a list of lists of token IDs"
+        raise invalid(f"'prompt' {what}.", "prompt")
+    if all(isinstance(p, str) for p in prompt):
+        return [text(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    if all(isinstance(p, list) for p in prompt):
+        return [tokens(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    if any(isinstance(p, str | list) for p in prompt):
+        raise invalid("'prompt' mixes strings, token IDs and lists; send one kind.", "prompt")
+    return [tokens(prompt, "prompt")]
+
+
+def completion_sampling(request: completion_types.CompletionRequest,
+                        vocab_size: int | None = None) -> SamplingParams:
+    return _sampling(
+        max_tokens=("max_tokens", request.max_output_tokens), logprobs_param="logprobs",
+        temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+        stop=request.stop_list, logprobs=request.logprobs,
+        frequency_penalty=request.frequency_penalty, presence_penalty=request.presence_penalty,
+        top_k=request.top_k, min_p=request.min_p, repetition_penalty=request.repetition_penalty,
+        logit_bias=_logit_bias(request.logit_bias), ignore_eos=request.ignore_eos,
+        vocab_size=vocab_size, **_speculative(request.speculative))
+
+
 # ------------------------------------------------------------------------- responses
 def response_messages(request: resp_types.ResponseCreateRequest,
                       with_instructions: bool) -> list[dict[str, Any]]:
@@ -154,7 +203,7 @@ def _speculative(options: SpeculativeOptions | None) -> dict[str, Any]:
 
 
 def _sampling(max_tokens: tuple[str, int | None], vocab_size: int | None = None,
-              **fields: Any) -> SamplingParams:
+              logprobs_param: str = "top_logprobs", **fields: Any) -> SamplingParams:
     max_param, max_value = max_tokens
     kwargs = {k: v for k, v in fields.items() if v is not None}
     try:
@@ -162,7 +211,7 @@ def _sampling(max_tokens: tuple[str, int | None], vocab_size: int | None = None,
         params.validate(vocab_size)
     except InvalidRequestError as exc:
         # The engine's field names, spelled as the wire protocol spells them.
-        renames = {"max_tokens": max_param, "logprobs": "top_logprobs", **WIRE_NAMES}
+        renames = {"max_tokens": max_param, "logprobs": logprobs_param, **WIRE_NAMES}
         param = renames.get(exc.param, exc.param)
         message = exc.message.replace(exc.param or "", param or "", 1)
         raise invalid(message, param) from None

@@ -1,0 +1,163 @@
+"""``POST /v1/completions``: text in, text out, for each prompt ``n`` choices; streamed (SSE)
+or not, with ``echo``, ``logprobs`` and usage.
+
+Choice ``index`` is ``prompt number * n + choice number``, as OpenAI numbers them. Every choice
+is its own engine request (seed + choice number when seeded); they run side by side.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import Response, StreamingResponse
+
+from engine.outputs import TokenLogprob
+from runtime import convert
+from runtime.fanout import merge
+from runtime.generation import Finished, generate
+from runtime.guard import api_error_of, check_generation_count, generation_slot
+from runtime.logprobs import token_text
+from runtime.protocol import completions as t
+from runtime.protocol.chat import Usage
+from runtime.protocol.codec import decode_request, encode_json
+from runtime.protocol.errors import not_found
+from runtime.state import ServerState
+from tools.parsers.base import TextDelta
+
+ENDPOINT = "completions"
+
+
+async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
+    request = decode_request(body, t.CompletionRequest)
+    if not state.accepts_model(request.model):
+        raise not_found(f"The model '{request.model}' does not exist.", "model",
+                        "model_not_found")
+    prompts = convert.completion_prompts(request, state.tokenizer, state.ready.vocab_size)
+    n = request.num_choices
+    check_generation_count(state, len(prompts) * n, "n" if len(prompts) == 1 else "prompt")
+    params = convert.completion_sampling(request, state.ready.vocab_size)
+    for i, (prompt_ids, _) in enumerate(prompts):
+        convert.check_fits(state, prompt_ids, params,
+                           "prompt" if len(prompts) == 1 else f"prompt[{i}]", "max_tokens")
+    completion_id = "cmpl-" + secrets.token_hex(12)
+    events = merge([
+        generate(state.engine, state.tokenizer, f"{completion_id}-{p * n + j}", prompt_ids,
+                 convert.choice_params(params, j), None, None, state.cache_salt(owner))
+        for p, (prompt_ids, _) in enumerate(prompts) for j in range(n)])
+    echoes = [text if request.echo else "" for _, text in prompts for _ in range(n)]
+    if request.stream:
+        # Started here, as in chat: a 429 leaves as a status, not inside the stream.
+        stream = _stream(state, request, completion_id, events, echoes)
+        first = await anext(stream)
+        return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
+    finals: dict[int, Finished] = {}
+    async with generation_slot(state, ENDPOINT, len(echoes)):
+        start = time.monotonic()
+        async for index, event in events:
+            if isinstance(event, Finished):
+                finals[index] = event
+                state.metrics.observe_finished(event, start, time.monotonic())
+    state.metrics.requests.labels(ENDPOINT, "ok").inc()
+    choices = [
+        t.CompletionChoice(index=i, text=echoes[i] + finals[i].text,
+                           logprobs=_logprobs(state, request, finals[i], echoes[i]),
+                           finish_reason=_finish_reason(finals[i]))
+        for i in range(len(echoes))]
+    completion = t.Completion(id=completion_id, created=int(time.time()),
+                              model=state.model_name, choices=choices,
+                              usage=_usage([finals[i] for i in range(len(echoes))], n))
+    return Response(encode_json(completion), media_type="application/json")
+
+
+def _finish_reason(final: Finished) -> str:
+    return "length" if final.finish_reason == "length" else "stop"
+
+
+def _usage(finals: list[Finished], n: int) -> Usage:
+    """Each prompt counts once, with the least cached part any of its ``n`` choices found."""
+    per_prompt = [finals[p:p + n] for p in range(0, len(finals), n)]
+    return Usage.of(sum(group[0].prompt_tokens for group in per_prompt),
+                    sum(f.completion_tokens for f in finals),
+                    sum(min(f.cached_tokens for f in group) for group in per_prompt))
+
+
+def _logprobs(state: ServerState, request: t.CompletionRequest, final: Finished,
+              echo: str) -> t.CompletionLogprobs | None:
+    if request.logprobs is None:
+        return None
+    return completion_logprobs(state.tokenizer, final.logprobs or [], len(echo))
+
+
+def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob],
+                        offset: int) -> t.CompletionLogprobs:
+    """The legacy shape: parallel lists, alternatives as {token text: logprob} (the sampled
+    token always among them), offsets counted in characters from ``offset``."""
+    out = t.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for lp in logprobs:
+        text, _ = token_text(tokenizer, lp.token_id)
+        top = {token_text(tokenizer, token_id)[0]: value for token_id, value in lp.top}
+        top.setdefault(text, lp.logprob)
+        out.tokens.append(text)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append(top)
+        out.text_offset.append(offset)
+        offset += len(text)
+    return out
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for data in rest:
+        yield data
+
+
+async def _stream(state: ServerState, request: t.CompletionRequest, completion_id: str,
+                  events, echoes: list[str]) -> AsyncIterator[bytes]:
+    """SSE chunks, one choice's text each, interleaved as the choices' tokens come. A choice's
+    last chunk carries its finish reason and, when asked for, all of its logprobs."""
+    slot = generation_slot(state, ENDPOINT, len(echoes))
+    await slot.__aenter__()
+    created, model, include_usage = int(time.time()), state.model_name, request.include_usage
+
+    def chunk(index: int, text: str, finish=None, logprobs=None) -> bytes:
+        c = t.Completion(id=completion_id, created=created, model=model,
+                         choices=[t.CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                                     finish_reason=finish)])
+        if include_usage:
+            c.usage = None
+        return b"data: " + encode_json(c) + b"\n\n"
+
+    try:
+        for index, echo in enumerate(echoes):
+            if echo:
+                yield chunk(index, echo)
+        if not any(echoes):
+            yield b": started\n\n"  # an SSE comment: the response starts before any token
+        start, finals = time.monotonic(), {}
+        async for index, event in events:
+            if isinstance(event, TextDelta):
+                yield chunk(index, event.text)
+            elif isinstance(event, Finished):
+                finals[index] = event
+                state.metrics.observe_finished(event, start, time.monotonic())
+                if len(finals) == len(echoes):
+                    state.metrics.requests.labels(ENDPOINT, "ok").inc()
+                yield chunk(index, "", _finish_reason(event),
+                            _logprobs(state, request, event, echoes[index]))
+        if include_usage:
+            usage = _usage([finals[i] for i in range(len(echoes))], request.num_choices)
+            last = t.Completion(id=completion_id, created=created, model=model, choices=[],
+                                usage=usage)
+            yield b"data: " + encode_json(last) + b"\n\n"
+    except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
+        err = api_error_of(exc)
+        state.metrics.requests.labels(ENDPOINT, "error").inc()
+        yield b"data: " + encode_json({"error": {"message": err.message, "type": err.type,
+                                                 "param": err.param, "code": err.code}}) + b"\n\n"
+    finally:
+        await events.aclose()
+        await slot.__aexit__(None, None, None)
+    yield b"data: [DONE]\n\n"
