@@ -72,7 +72,8 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     outbox.send(encoder.encode(EngineReady(
         model_path=runner.model_path, max_model_len=core.scheduler.max_request_len,
         vocab_size=core.vocab_size, eos_token_ids=list(core.eos_token_ids),
-        page_size=config.page_size, num_pages=runner.num_pages)))
+        page_size=config.page_size, num_pages=runner.num_pages,
+        prefix_caching=config.enable_prefix_caching)))
     # Ahead pacing (on by default; --no-ahead-pacing): overlap scheduling holds the next decode
     # step back while it watches for new requests (engine.ahead_pacer); the messages stay in
     # the socket for _serve.

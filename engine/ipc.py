@@ -91,6 +91,7 @@ class EngineReady(msgspec.Struct, tag="ready"):
     eos_token_ids: list[int]
     page_size: int
     num_pages: int
+    prefix_caching: bool = True  # finished requests leave their KV for later prompts to reuse
 
 
 class StepOutputs(msgspec.Struct, tag="outputs"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -10,8 +9,8 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 
 from runtime import convert
-from runtime.fanout import merge
-from runtime.generation import Finished, generate
+from runtime.choices import Choices
+from runtime.generation import Finished
 from runtime.guard import (
     check_generation_count,
     generation_slot,
@@ -44,17 +43,13 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     convert.check_fits(state, prompt_ids, params, "messages",
                        "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
     completion_id = "chatcmpl-" + secrets.token_hex(12)
-    # One engine request per choice; each has its own parser state and, when seeded, its own
-    # seed (seed + index), so sampled choices differ and stay reproducible.
-    events = merge([
-        generate(state.engine, state.tokenizer, f"{completion_id}-{i}", prompt_ids,
-                 convert.choice_params(params, i), copy.deepcopy(parser), None,
-                 state.cache_salt(owner))
-        for i in range(n)])
+    choices = Choices(state, completion_id, [prompt_ids], params, n, parser,
+                      state.cache_salt(owner))
+    events = choices.events()
     if request.stream:
         # Started here: a 429 leaves as a status, and a stream whose client goes away before
         # its first chunk is still closed (a started generator is finalised; its slot freed).
-        stream = _stream(state, request, completion_id, events, n)
+        stream = _stream(state, request, completion_id, choices, events)
         first = await anext(stream)
         return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
     finals: dict[int, Finished] = {}
@@ -65,7 +60,7 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
                 finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())
     state.metrics.requests.labels("chat", "ok").inc()
-    return Response(encode_json(_completion(state, request, completion_id,
+    return Response(encode_json(_completion(state, request, completion_id, choices,
                                             [finals[i] for i in range(n)])),
                     media_type="application/json")
 
@@ -100,15 +95,9 @@ def _finish_reason(final: Finished) -> str:
     return "length" if final.finish_reason == "length" else "stop"
 
 
-def _usage(finals: list[Finished]) -> t.Usage:
-    """The prompt counts once however many choices it has; its cached part is the least any
-    choice found (the choices of one prompt run side by side, so later ones may hit more)."""
-    return t.Usage.of(finals[0].prompt_tokens, sum(f.completion_tokens for f in finals),
-                      min(f.cached_tokens for f in finals))
-
-
-def _completion(state: ServerState, request, completion_id: str, finals: list[Finished]):
-    choices = []
+def _completion(state: ServerState, request, completion_id: str, choices: Choices,
+                finals: list[Finished]):
+    out = []
     for index, final in enumerate(finals):
         calls = [t.ToolCall(id=c.call_id,
                             function=t.FunctionCall(name=c.name, arguments=c.arguments))
@@ -118,10 +107,10 @@ def _completion(state: ServerState, request, completion_id: str, finals: list[Fi
         if calls:
             message.tool_calls = calls
         logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
-        choices.append(t.Choice(index=index, message=message,
-                                finish_reason=_finish_reason(final), logprobs=logprobs))
+        out.append(t.Choice(index=index, message=message, finish_reason=_finish_reason(final),
+                            logprobs=logprobs))
     return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
-                            choices=choices, usage=_usage(finals))
+                            choices=out, usage=choices.usage(finals))
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -130,9 +119,11 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield data
 
 
-async def _stream(state, request, completion_id, events, n: int) -> AsyncIterator[bytes]:
+async def _stream(state, request, completion_id, choices: Choices,
+                  events) -> AsyncIterator[bytes]:
     """SSE chunks of one completion's ``n`` choices, interleaved as their tokens come; holds
     the request's generation slots from its first chunk to its end."""
+    n = len(choices)
     slot = generation_slot(state, "chat", n)
     await slot.__aenter__()
     created, model = int(time.time()), state.model_name
@@ -172,8 +163,9 @@ async def _stream(state, request, completion_id, events, n: int) -> AsyncIterato
                             if request.logprobs else None)
                 yield chunk(index, t.ChoiceDelta(), _finish_reason(event), logprobs)
         if include_usage:
+            usage = choices.usage([finals[i] for i in range(n)])
             last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                         choices=[], usage=_usage([finals[i] for i in range(n)]))
+                                         choices=[], usage=usage)
             yield b"data: " + encode_json(last) + b"\n\n"
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
         from runtime.guard import api_error_of

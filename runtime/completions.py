@@ -1,8 +1,8 @@
 """``POST /v1/completions``: text in, text out, for each prompt ``n`` choices; streamed (SSE)
 or not, with ``echo``, ``logprobs`` and usage.
 
-Choice ``index`` is ``prompt number * n + choice number``, as OpenAI numbers them. Every choice
-is its own engine request (seed + choice number when seeded); they run side by side.
+Choice ``index`` is ``prompt number * n + choice number``, as OpenAI numbers them; every choice
+is its own engine request (``runtime.choices``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from engine.outputs import TokenLogprob
 from runtime import convert
-from runtime.fanout import merge
-from runtime.generation import Finished, generate
+from runtime.choices import Choices
+from runtime.generation import Finished
 from runtime.guard import api_error_of, check_generation_count, generation_slot
 from runtime.logprobs import token_text
 from runtime.protocol import completions as t
-from runtime.protocol.chat import Usage
 from runtime.protocol.codec import decode_request, encode_json
 from runtime.protocol.errors import not_found
 from runtime.state import ServerState
@@ -43,14 +42,13 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
         convert.check_fits(state, prompt_ids, params,
                            "prompt" if len(prompts) == 1 else f"prompt[{i}]", "max_tokens")
     completion_id = "cmpl-" + secrets.token_hex(12)
-    events = merge([
-        generate(state.engine, state.tokenizer, f"{completion_id}-{p * n + j}", prompt_ids,
-                 convert.choice_params(params, j), None, None, state.cache_salt(owner))
-        for p, (prompt_ids, _) in enumerate(prompts) for j in range(n)])
+    choices = Choices(state, completion_id, [ids for ids, _ in prompts], params, n,
+                      cache_salt=state.cache_salt(owner))
+    events = choices.events()
     echoes = [text if request.echo else "" for _, text in prompts for _ in range(n)]
     if request.stream:
         # Started here, as in chat: a 429 leaves as a status, not inside the stream.
-        stream = _stream(state, request, completion_id, events, echoes)
+        stream = _stream(state, request, completion_id, choices, events, echoes)
         first = await anext(stream)
         return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
     finals: dict[int, Finished] = {}
@@ -61,27 +59,19 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
                 finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())
     state.metrics.requests.labels(ENDPOINT, "ok").inc()
-    choices = [
+    out = [
         t.CompletionChoice(index=i, text=echoes[i] + finals[i].text,
                            logprobs=_logprobs(state, request, finals[i], echoes[i]),
                            finish_reason=_finish_reason(finals[i]))
         for i in range(len(echoes))]
     completion = t.Completion(id=completion_id, created=int(time.time()),
-                              model=state.model_name, choices=choices,
-                              usage=_usage([finals[i] for i in range(len(echoes))], n))
+                              model=state.model_name, choices=out,
+                              usage=choices.usage([finals[i] for i in range(len(echoes))]))
     return Response(encode_json(completion), media_type="application/json")
 
 
 def _finish_reason(final: Finished) -> str:
     return "length" if final.finish_reason == "length" else "stop"
-
-
-def _usage(finals: list[Finished], n: int) -> Usage:
-    """Each prompt counts once, with the least cached part any of its ``n`` choices found."""
-    per_prompt = [finals[p:p + n] for p in range(0, len(finals), n)]
-    return Usage.of(sum(group[0].prompt_tokens for group in per_prompt),
-                    sum(f.completion_tokens for f in finals),
-                    sum(min(f.cached_tokens for f in group) for group in per_prompt))
 
 
 def _logprobs(state: ServerState, request: t.CompletionRequest, final: Finished,
@@ -115,7 +105,7 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
 
 
 async def _stream(state: ServerState, request: t.CompletionRequest, completion_id: str,
-                  events, echoes: list[str]) -> AsyncIterator[bytes]:
+                  choices: Choices, events, echoes: list[str]) -> AsyncIterator[bytes]:
     """SSE chunks, one choice's text each, interleaved as the choices' tokens come. A choice's
     last chunk carries its finish reason and, when asked for, all of its logprobs."""
     slot = generation_slot(state, ENDPOINT, len(echoes))
@@ -148,7 +138,7 @@ async def _stream(state: ServerState, request: t.CompletionRequest, completion_i
                 yield chunk(index, "", _finish_reason(event),
                             _logprobs(state, request, event, echoes[index]))
         if include_usage:
-            usage = _usage([finals[i] for i in range(len(echoes))], request.num_choices)
+            usage = choices.usage([finals[i] for i in range(len(echoes))])
             last = t.Completion(id=completion_id, created=created, model=model, choices=[],
                                 usage=usage)
             yield b"data: " + encode_json(last) + b"\n\n"

@@ -162,3 +162,25 @@ def test_leaving_a_stream_of_several_choices_aborts_all_of_them(server, client):
     stream.close()
     wait_for_gauge(server, "agentspeed_running_requests", 0)
     wait_for_gauge(server, 'agentspeed_kv_pages{state="in_use"}', 0)
+
+
+def test_a_long_prompt_with_several_choices_is_prefilled_once(server, client):
+    """Each choice of a 300-token prompt starts from the KV of one shared prefill (the engine's
+    cache counter moves by about a prompt per choice), while usage reports the prompt's own
+    prefill (fresh: nothing cached); greedy choices still equal the single answer."""
+    from tests.runtime.test_server_openai import metric_values
+
+    prompt = [1000 + (i * 7919) % 40000 for i in range(300)]  # token IDs no other test sends
+    name = "agentspeed_cached_prompt_tokens_total"
+    before = metric_values(server)[name]
+    both = client.completions.create(model=MODEL, prompt=prompt, n=2, temperature=0,
+                                     max_tokens=4, extra_body={"ignore_eos": True})
+    moved = metric_values(server)[name] - before
+    assert both.usage.prompt_tokens == 300 and both.usage.prompt_tokens_details.cached_tokens == 0
+    assert moved >= 2 * (300 - 16)  # both choices hit all but (at most) the last page
+    single = client.completions.create(model=MODEL, prompt=prompt[:-1] + [999], temperature=0,
+                                       max_tokens=4, extra_body={"ignore_eos": True})
+    assert single.usage.prompt_tokens_details.cached_tokens >= 300 - 16  # the KV was kept
+    again = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=4,
+                                      extra_body={"ignore_eos": True})
+    assert [c.text for c in both.choices] == [again.choices[0].text] * 2
