@@ -91,12 +91,31 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
                         log_level=args.log_level.upper())
 
 
+def raise_open_file_limit(max_connections: int) -> int:
+    """Lift the soft open-file limit so ``max_connections`` WebSockets fit (each is a file
+    descriptor; many systems start at 1024), as far as the hard limit allows; the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + 1024  # headroom: HTTP clients, the engine's sockets, files
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logging.getLogger(__name__).warning(
+            "open-file limit %d (hard) is below the %d that --max-connections %d needs",
+            target, needed, max_connections)
+    return target
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from runtime.app import create_app
 
     config = server_config_from_args(args)
+    raise_open_file_limit(config.max_connections)
     app = create_app(config, engine_config_from_args(args))
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
                 ws_max_size=4 * config.max_body_bytes, timeout_graceful_shutdown=10)

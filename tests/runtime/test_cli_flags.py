@@ -81,3 +81,23 @@ def test_session_flags_parse_and_take_effect() -> None:
 def test_bad_session_flags_are_refused(flag, value, field) -> None:
     with pytest.raises(ValueError, match=field):
         _serve(flag, value)
+
+
+def test_serve_lifts_the_open_file_limit_for_its_connections() -> None:
+    """In a child process started at a soft limit of 256 (below what 1000 WebSockets need):
+    the soft limit rises to 1000 + headroom, or to the hard limit when that is lower."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "from runtime.cli import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "got = raise_open_file_limit(1000)\n"
+        "want = 2024 if hard == resource.RLIM_INFINITY else min(2024, hard)\n"
+        "assert got == want == resource.getrlimit(resource.RLIMIT_NOFILE)[0], (got, want)\n"
+        "assert raise_open_file_limit(10) == want  # never lowered\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
