@@ -6,9 +6,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from runtime import convert
+from runtime import convert, sse
 from runtime.choices import Choices
 from runtime.generation import Finished
 from runtime.guard import (
@@ -47,11 +47,7 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
                       state.cache_salt(owner))
     events = choices.events()
     if request.stream:
-        # Started here: a 429 leaves as a status, and a stream whose client goes away before
-        # its first chunk is still closed (a started generator is finalised; its slot freed).
-        stream = _stream(state, request, completion_id, choices, events)
-        first = await anext(stream)
-        return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
+        return await sse.respond(_stream(state, request, completion_id, choices, events))
     finals: dict[int, Finished] = {}
     async with generation_slot(state, "chat", n):
         start = time.monotonic()
@@ -113,12 +109,6 @@ def _completion(state: ServerState, request, completion_id: str, choices: Choice
                             choices=out, usage=choices.usage(finals))
 
 
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for data in rest:
-        yield data
-
-
 async def _stream(state, request, completion_id, choices: Choices,
                   events) -> AsyncIterator[bytes]:
     """SSE chunks of one completion's ``n`` choices, interleaved as their tokens come; holds
@@ -136,7 +126,7 @@ async def _stream(state, request, completion_id, choices: Choices,
                                    logprobs=logprobs)])
         if include_usage:
             c.usage = None
-        return b"data: " + encode_json(c) + b"\n\n"
+        return sse.data(c)
 
     try:
         for index in range(n):
@@ -166,15 +156,11 @@ async def _stream(state, request, completion_id, choices: Choices,
             usage = choices.usage([finals[i] for i in range(n)])
             last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
                                          choices=[], usage=usage)
-            yield b"data: " + encode_json(last) + b"\n\n"
+            yield sse.data(last)
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
-        from runtime.guard import api_error_of
-
-        err = api_error_of(exc)
         state.metrics.requests.labels("chat", "error").inc()
-        yield b"data: " + encode_json({"error": {"message": err.message, "type": err.type,
-                                                 "param": err.param, "code": err.code}}) + b"\n\n"
+        yield sse.error(exc)
     finally:
         await events.aclose()  # cancels choices still running (client gone, an error)
         await slot.__aexit__(None, None, None)
-    yield b"data: [DONE]\n\n"
+    yield sse.DONE

@@ -12,13 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from engine.outputs import TokenLogprob
-from runtime import convert
+from runtime import convert, sse
 from runtime.choices import Choices
 from runtime.generation import Finished
-from runtime.guard import api_error_of, check_generation_count, generation_slot
+from runtime.guard import check_generation_count, generation_slot
 from runtime.logprobs import token_text
 from runtime.protocol import completions as t
 from runtime.protocol.codec import decode_request, encode_json
@@ -47,10 +47,8 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     events = choices.events()
     echoes = [text if request.echo else "" for _, text in prompts for _ in range(n)]
     if request.stream:
-        # Started here, as in chat: a 429 leaves as a status, not inside the stream.
-        stream = _stream(state, request, completion_id, choices, events, echoes)
-        first = await anext(stream)
-        return StreamingResponse(_chain(first, stream), media_type="text/event-stream")
+        return await sse.respond(_stream(state, request, completion_id, choices, events,
+                                         echoes))
     finals: dict[int, Finished] = {}
     async with generation_slot(state, ENDPOINT, len(echoes)):
         start = time.monotonic()
@@ -98,12 +96,6 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob],
     return out
 
 
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for data in rest:
-        yield data
-
-
 async def _stream(state: ServerState, request: t.CompletionRequest, completion_id: str,
                   choices: Choices, events, echoes: list[str]) -> AsyncIterator[bytes]:
     """SSE chunks, one choice's text each, interleaved as the choices' tokens come. A choice's
@@ -118,7 +110,7 @@ async def _stream(state: ServerState, request: t.CompletionRequest, completion_i
                                                      finish_reason=finish)])
         if include_usage:
             c.usage = None
-        return b"data: " + encode_json(c) + b"\n\n"
+        return sse.data(c)
 
     try:
         for index, echo in enumerate(echoes):
@@ -141,13 +133,11 @@ async def _stream(state: ServerState, request: t.CompletionRequest, completion_i
             usage = choices.usage([finals[i] for i in range(len(echoes))])
             last = t.Completion(id=completion_id, created=created, model=model, choices=[],
                                 usage=usage)
-            yield b"data: " + encode_json(last) + b"\n\n"
+            yield sse.data(last)
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
-        err = api_error_of(exc)
         state.metrics.requests.labels(ENDPOINT, "error").inc()
-        yield b"data: " + encode_json({"error": {"message": err.message, "type": err.type,
-                                                 "param": err.param, "code": err.code}}) + b"\n\n"
+        yield sse.error(exc)
     finally:
         await events.aclose()
         await slot.__aexit__(None, None, None)
-    yield b"data: [DONE]\n\n"
+    yield sse.DONE

@@ -126,7 +126,25 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = None  # True: one last chunk with ``usage`` and no choices
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
+class StreamedTextRequest(Struct, kw_only=True):
+    """What Chat Completions and Completions requests share: streaming and stop strings."""
+
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(StreamedTextRequest, kw_only=True):
     """``POST /v1/chat/completions``. Sampling ranges are checked by the engine, not here."""
 
     model: str | None = None  # None: the served model
@@ -135,14 +153,11 @@ class ChatCompletionRequest(Struct, kw_only=True):
     tool_choice: ToolChoice | None = None  # None: "auto" when tools are given, else "none"
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = None  # legacy spelling of max_completion_tokens
     max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    stop: str | list[str] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None  # alternatives per token, 0..20; needs logprobs=True
     n: int | None = None  # choices to generate, 1..MAX_CHOICES (each its own engine request)
@@ -170,15 +185,6 @@ class ChatCompletionRequest(Struct, kw_only=True):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
-    @property
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 # ---------------------------------------------------------------------------------------------

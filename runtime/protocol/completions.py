@@ -10,14 +10,14 @@ from typing import Any, Literal
 
 from msgspec import UNSET, Struct, UnsetType
 
-from runtime.protocol.chat import MAX_CHOICES, StreamOptions, Usage
+from runtime.protocol.chat import MAX_CHOICES, StreamedTextRequest, Usage
 from runtime.protocol.errors import invalid
 from runtime.protocol.extensions import SpeculativeOptions
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint when max_tokens is left out
 
 
-class CompletionRequest(Struct, kw_only=True):
+class CompletionRequest(StreamedTextRequest, kw_only=True):
     """``POST /v1/completions``. ``prompt`` is a string, a list of strings, a list of token ids
     or a list of such lists (checked against the tokenizer by the handler, not here)."""
 
@@ -29,11 +29,8 @@ class CompletionRequest(Struct, kw_only=True):
     top_p: float | None = None
     n: int | None = None  # choices per prompt, 1..MAX_CHOICES
     best_of: int | None = None  # only best_of == n (no server-side ranking)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     logprobs: int | None = None  # alternatives per token, 0..20
     echo: bool | None = False  # the prompt text before the completion text
-    stop: str | list[str] | None = None
     seed: int | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -68,15 +65,6 @@ class CompletionRequest(Struct, kw_only=True):
     def max_output_tokens(self) -> int | None:
         return DEFAULT_MAX_TOKENS if self.max_tokens is UNSET else self.max_tokens
 
-    @property
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionLogprobs(Struct, kw_only=True):
