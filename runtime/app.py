@@ -24,7 +24,13 @@ from engine.tokenizer import load_tokenizer
 from runtime.engine_client import EngineClient
 from runtime.guard import api_error_of
 from runtime.protocol.codec import encode_json
-from runtime.protocol.errors import APIError, authentication, error_body, server_error
+from runtime.protocol.errors import (
+    APIError,
+    authentication,
+    error_body,
+    not_found,
+    server_error,
+)
 from runtime.protocol.server import Health, Model, ModelList
 from runtime.state import ServerConfig, ServerState
 from sessions.manager import SessionManager, owner_of
@@ -76,7 +82,7 @@ def _stop_server(why: str) -> None:
 
 
 def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
-    from runtime import chat, completions, responses, ws
+    from runtime import chat, completions, responses, tokenize, ws
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -132,8 +138,23 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request):
         state: ServerState = request.app.state.server
-        return _json(ModelList(data=[Model(id=state.model_name, created=int(time.time()),
-                                           max_model_len=state.ready.max_model_len)]))
+        return _json(ModelList(data=[_model(state)]))
+
+    @app.get("/v1/models/{model_id}")
+    async def model(request: Request, model_id: str):
+        state: ServerState = request.app.state.server
+        if not state.accepts_model(model_id):
+            raise not_found(f"The model '{model_id}' does not exist.", "model",
+                            "model_not_found")
+        return _json(_model(state))
+
+    @app.post("/tokenize")
+    async def tokenize_route(request: Request):
+        return tokenize.tokenize(request.app.state.server, await _body(request, config))
+
+    @app.post("/detokenize")
+    async def detokenize_route(request: Request):
+        return tokenize.detokenize(request.app.state.server, await _body(request, config))
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -175,9 +196,14 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
 
 
 def _needs_key(path: str) -> bool:
-    """The API and the metrics need a key (when keys are set); ``/health`` stays open for
-    liveness probes."""
-    return path.startswith("/v1/") or path == "/metrics"
+    """The API, the tokenizer routes and the metrics need a key (when keys are set);
+    ``/health`` stays open for liveness probes."""
+    return path.startswith("/v1/") or path in ("/metrics", "/tokenize", "/detokenize")
+
+
+def _model(state: ServerState) -> Model:
+    return Model(id=state.model_name, created=int(time.time()),
+                 max_model_len=state.ready.max_model_len)
 
 
 def _json(body, status: int = 200) -> Response:

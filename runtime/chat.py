@@ -39,7 +39,7 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     params, parser = sampling_for_tools(state, params, tools, _choice_name(choice),
                                         _response_format(request), strict,
                                         request.parallel_tool_calls is not False)
-    prompt_ids = _render(state, messages, tools if choice != "none" else [])
+    prompt_ids = convert.render_chat(state, messages, tools if choice != "none" else [])
     convert.check_fits(state, prompt_ids, params, "messages",
                        "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
     completion_id = "chatcmpl-" + secrets.token_hex(12)
@@ -59,15 +59,6 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     return Response(encode_json(_completion(state, request, completion_id, choices,
                                             [finals[i] for i in range(n)])),
                     media_type="application/json")
-
-
-def _render(state: ServerState, messages, tools) -> list[int]:
-    from tools.render import RenderError
-
-    try:
-        return state.renderer.render(messages, tools or None)
-    except RenderError as exc:
-        raise convert.invalid(str(exc), "messages") from None
 
 
 def _choice_name(choice) -> str:

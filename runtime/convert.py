@@ -55,6 +55,17 @@ def chat_messages(request: chat_types.ChatCompletionRequest) -> list[dict[str, A
     return messages
 
 
+def render_chat(state: ServerState, messages: list[dict[str, Any]],
+                tools: list[dict[str, Any]]) -> list[int]:
+    """The prompt tokens of a chat: the messages, the tools, the generation prompt."""
+    from tools.render import RenderError
+
+    try:
+        return state.renderer.render(messages, tools or None)
+    except RenderError as exc:
+        raise invalid(str(exc), "messages") from None
+
+
 def chat_tools(request: chat_types.ChatCompletionRequest) -> list[dict[str, Any]]:
     return [_tool_spec(t.function.name, t.function.description, t.function.parameters)
             for t in request.tools or []]
