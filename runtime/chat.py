@@ -16,7 +16,7 @@ from runtime.guard import (
     generation_slot,
     sampling_for_tools,
 )
-from runtime.logprobs import chat_logprobs
+from runtime.logprobs import ContentLogprobs, chat_logprobs
 from runtime.protocol import chat as t
 from runtime.protocol.codec import decode_request, encode_json
 from runtime.protocol.errors import not_found
@@ -49,15 +49,17 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     if request.stream:
         return await sse.respond(_stream(state, request, completion_id, choices, events))
     finals: dict[int, Finished] = {}
+    matched = ContentLogprobs()
     async with generation_slot(state, "chat", n):
         start = time.monotonic()
         async for index, event in events:
+            matched.on(index, event)
             if isinstance(event, Finished):
                 finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())
     state.metrics.requests.labels("chat", "ok").inc()
     return Response(encode_json(_completion(state, request, completion_id, choices,
-                                            [finals[i] for i in range(n)])),
+                                            [finals[i] for i in range(n)], matched.content)),
                     media_type="application/json")
 
 
@@ -83,7 +85,7 @@ def _finish_reason(final: Finished) -> str:
 
 
 def _completion(state: ServerState, request, completion_id: str, choices: Choices,
-                finals: list[Finished]):
+                finals: list[Finished], content_logprobs: dict[int, list]):
     out = []
     for index, final in enumerate(finals):
         calls = [t.ToolCall(id=c.call_id,
@@ -93,7 +95,8 @@ def _completion(state: ServerState, request, completion_id: str, choices: Choice
                                           else None)
         if calls:
             message.tool_calls = calls
-        logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
+        logprobs = (chat_logprobs(state.tokenizer, content_logprobs.get(index, []))
+                    if request.logprobs else None)
         out.append(t.Choice(index=index, message=message, finish_reason=_finish_reason(final),
                             logprobs=logprobs))
     return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
@@ -122,10 +125,13 @@ async def _stream(state, request, completion_id, choices: Choices,
     try:
         for index in range(n):
             yield chunk(index, t.ChoiceDelta(role="assistant", content=""))
-        start, finals = time.monotonic(), {}
+        start, finals, matched = time.monotonic(), {}, ContentLogprobs()
         async for index, event in events:
+            taken = matched.on(index, event)
+            logprobs = (chat_logprobs(state.tokenizer, taken)
+                        if request.logprobs and taken is not None else None)
             if isinstance(event, TextDelta):
-                yield chunk(index, t.ChoiceDelta(content=event.text))
+                yield chunk(index, t.ChoiceDelta(content=event.text), logprobs=logprobs)
             elif isinstance(event, ToolCallStart):
                 yield chunk(index, t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
                     index=event.index, id=event.call_id, type="function",
@@ -140,8 +146,6 @@ async def _stream(state, request, completion_id, choices: Choices,
                     # Counted before the last chunks leave: a client that saw them finds it
                     # in /metrics.
                     state.metrics.requests.labels("chat", "ok").inc()
-                logprobs = (chat_logprobs(state.tokenizer, event.logprobs)
-                            if request.logprobs else None)
                 yield chunk(index, t.ChoiceDelta(), _finish_reason(event), logprobs)
         if include_usage:
             usage = choices.usage([finals[i] for i in range(n)])

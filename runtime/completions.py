@@ -19,7 +19,7 @@ from runtime import convert, sse
 from runtime.choices import Choices
 from runtime.generation import Finished
 from runtime.guard import check_generation_count, generation_slot
-from runtime.logprobs import token_text
+from runtime.logprobs import ContentLogprobs, token_text
 from runtime.protocol import completions as t
 from runtime.protocol.codec import decode_request, encode_json
 from runtime.protocol.errors import not_found
@@ -82,7 +82,8 @@ def _logprobs(state: ServerState, request: t.CompletionRequest, final: Finished,
 def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob],
                         offset: int) -> t.CompletionLogprobs:
     """The legacy shape: parallel lists, alternatives as {token text: logprob} (the sampled
-    token always among them), offsets counted in characters from ``offset``."""
+    token always among them), offsets counted in characters from ``offset`` (a streamed
+    chunk's continue where the choice's previous chunk's ended)."""
     out = t.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
     for lp in logprobs:
         text, _ = token_text(tokenizer, lp.token_id)
@@ -98,8 +99,9 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob],
 
 async def _stream(state: ServerState, request: t.CompletionRequest, completion_id: str,
                   choices: Choices, events, echoes: list[str]) -> AsyncIterator[bytes]:
-    """SSE chunks, one choice's text each, interleaved as the choices' tokens come. A choice's
-    last chunk carries its finish reason and, when asked for, all of its logprobs."""
+    """SSE chunks, one choice's text each, interleaved as the choices' tokens come, each with
+    the logprobs of its tokens when asked for; a choice's last chunk carries its finish
+    reason."""
     slot = generation_slot(state, ENDPOINT, len(echoes))
     await slot.__aenter__()
     created, model, include_usage = int(time.time()), state.model_name, request.include_usage
@@ -118,17 +120,26 @@ async def _stream(state: ServerState, request: t.CompletionRequest, completion_i
                 yield chunk(index, echo)
         if not any(echoes):
             yield b": started\n\n"  # an SSE comment: the response starts before any token
-        start, finals = time.monotonic(), {}
+        start, finals, matched = time.monotonic(), {}, ContentLogprobs()
+        offsets = [len(echo) for echo in echoes]  # where each choice's next token starts
+
+        def logprobs_of(index: int, taken) -> t.CompletionLogprobs | None:
+            if request.logprobs is None or taken is None:
+                return None
+            out = completion_logprobs(state.tokenizer, taken, offsets[index])
+            offsets[index] += sum(len(token) for token in out.tokens)
+            return out
+
         async for index, event in events:
+            logprobs = logprobs_of(index, matched.on(index, event))
             if isinstance(event, TextDelta):
-                yield chunk(index, event.text)
+                yield chunk(index, event.text, logprobs=logprobs)
             elif isinstance(event, Finished):
                 finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())
                 if len(finals) == len(echoes):
                     state.metrics.requests.labels(ENDPOINT, "ok").inc()
-                yield chunk(index, "", _finish_reason(event),
-                            _logprobs(state, request, event, echoes[index]))
+                yield chunk(index, "", _finish_reason(event), logprobs)
         if include_usage:
             usage = choices.usage([finals[i] for i in range(len(echoes))])
             last = t.Completion(id=completion_id, created=created, model=model, choices=[],

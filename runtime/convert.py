@@ -204,7 +204,8 @@ def response_tools(request: resp_types.ResponseCreateRequest) -> list[dict[str, 
 def response_sampling(request: resp_types.ResponseCreateRequest) -> SamplingParams:
     return _sampling(max_tokens=("max_output_tokens", request.max_output_tokens),
                      temperature=request.temperature, top_p=request.top_p,
-                     logprobs=request.top_logprobs, ignore_eos=request.ignore_eos,
+                     logprobs=(request.top_logprobs or 0) if request.wants_logprobs else None,
+                     ignore_eos=request.ignore_eos,
                      **_speculative(request.speculative))
 
 

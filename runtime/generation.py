@@ -50,12 +50,22 @@ class Finished:
 
 
 @dataclass
+class LogprobsDelta:
+    """The log-probabilities of the tokens a step added, sent just before the text events
+    those tokens produced (their text may come later: the detokenizer holds back a partial
+    character or a possible stop string). Only when the request asked for logprobs."""
+
+    logprobs: list[TokenLogprob]
+
+
+@dataclass
 class _State:
     text: list[str] = field(default_factory=list)
     calls: dict[int, ToolCall] = field(default_factory=dict)
 
 
-GenerationEvent = TextDelta | ToolCallStart | ToolCallArgsDelta | ToolCallEnd | Finished
+GenerationEvent = (TextDelta | ToolCallStart | ToolCallArgsDelta | ToolCallEnd | LogprobsDelta
+                   | Finished)
 
 
 async def generate(
@@ -80,8 +90,9 @@ async def generate(
         cached = out.num_cached_tokens
         num_taken = detok.add_tokens(out.new_token_ids)  # fewer past a stop string
         output_ids.extend(out.new_token_ids[:num_taken])
-        if logprobs is not None and out.logprobs:
+        if logprobs is not None and out.logprobs and num_taken:
             logprobs.extend(out.logprobs[:num_taken])
+            yield LogprobsDelta(out.logprobs[:num_taken])
         finish = "stop" if detok.stopped else out.finish_reason
         if finish is not None:
             detok.flush()

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 from msgspec import UNSET
 
-from runtime.generation import Finished
+from runtime.generation import Finished, LogprobsDelta
+from runtime.logprobs import ContentLogprobs, event_logprobs, response_logprobs
 from runtime.protocol import response_events as ev
 from runtime.protocol import responses as r
 from tools.parsers.base import ParserEvent, TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 
 
 class ResponseStream:
-    def __init__(self, response: r.Response, stream_id: str | None) -> None:
+    def __init__(self, response: r.Response, stream_id: str | None,
+                 tokenizer: Any = None) -> None:
+        """``tokenizer``: report token logprobs (``LogprobsDelta`` events) with it; None:
+        the request did not ask for them."""
         self.response = response
         self.stream_id = UNSET if stream_id is None else stream_id
         self.seq = 0
+        self.tokenizer = tokenizer
         self._text: r.OutputMessage | None = None  # the open message item
         self._text_parts: list[str] = []
+        self._text_logprobs: list[r.Logprob] = []
+        self._logprobs = ContentLogprobs()
         self._calls: dict[int, tuple[int, r.FunctionCall]] = {}  # call index -> (output idx, item)
 
     def _ev(self, cls, **fields):
@@ -36,15 +44,17 @@ class ResponseStream:
         return [self._ev(ev.ResponseCreated, response=self.response),
                 self._ev(ev.ResponseInProgress, response=self.response)]
 
-    def on(self, event: ParserEvent) -> list[ev.StreamEvent]:
+    def on(self, event: ParserEvent | LogprobsDelta) -> list[ev.StreamEvent]:
         out: list[ev.StreamEvent] = []
+        taken = self._logprobs.on(0, event)
         if isinstance(event, TextDelta):
             if self._text is None:
                 out += self._open_text()
             self._text_parts.append(event.text)
+            logprobs = self._convert(taken)
             out.append(self._ev(ev.OutputTextDelta, item_id=self._text.id,
                                 output_index=self._text_index, content_index=0,
-                                delta=event.text))
+                                delta=event.text, logprobs=event_logprobs(logprobs)))
         elif isinstance(event, ToolCallStart):
             out += self._close_text()
             item = r.FunctionCall(call_id=event.call_id, name=event.name, arguments="",
@@ -67,10 +77,18 @@ class ResponseStream:
             out.append(self._ev(ev.OutputItemDone, output_index=index, item=done))
         return out
 
+    def _convert(self, taken) -> list[r.Logprob]:
+        """Logprobs a text chunk took, in the output's shape, added to the open text part's."""
+        if self.tokenizer is None or not taken:
+            return []
+        logprobs = response_logprobs(self.tokenizer, taken)
+        self._text_logprobs += logprobs
+        return logprobs
+
     def _open_text(self) -> list[ev.StreamEvent]:
         self._text = r.OutputMessage(id="msg_" + secrets.token_hex(16), status="in_progress")
         self._text_index = len(self.response.output)
-        self._text_parts = []
+        self._text_parts, self._text_logprobs = [], []
         self.response.output.append(self._text)
         return [self._ev(ev.OutputItemAdded, output_index=self._text_index, item=self._text),
                 self._ev(ev.ContentPartAdded, item_id=self._text.id,
@@ -81,18 +99,21 @@ class ResponseStream:
         if self._text is None:
             return []
         text = "".join(self._text_parts)
-        part = r.OutputText(text=text)
+        part = r.OutputText(text=text, logprobs=self._text_logprobs)
         item = r.OutputMessage(id=self._text.id, status=status, content=[part])
         self.response.output[self._text_index] = item
         index, item_id = self._text_index, self._text.id
         self._text = None
         return [self._ev(ev.OutputTextDone, item_id=item_id, output_index=index,
-                         content_index=0, text=text),
+                         content_index=0, text=text,
+                         logprobs=event_logprobs(self._text_logprobs)),
                 self._ev(ev.ContentPartDone, item_id=item_id, output_index=index,
                          content_index=0, part=part),
                 self._ev(ev.OutputItemDone, output_index=index, item=item)]
 
     def finish(self, final: Finished) -> list[ev.StreamEvent]:
+        if self._text is not None:  # the end-of-turn token's logprob: it has no text
+            self._convert(self._logprobs.on(0, final))
         incomplete = final.finish_reason == "length"
         out = self._close_text("incomplete" if incomplete else "completed")
         resp = self.response

@@ -109,7 +109,8 @@ async def run(state: ServerState, turn: Turn, stream_id: str | None = None,
     async with generation_slot(state, "responses"):
         response = r.Response.start(turn.request, response_id=turn.response_id,
                                     model=state.model_name, created_at=int(time.time()))
-        stream = ResponseStream(response, stream_id)
+        stream = ResponseStream(response, stream_id,
+                                state.tokenizer if turn.request.wants_logprobs else None)
         for event in stream.start():
             yield event
         start = time.monotonic()

@@ -141,6 +141,9 @@ class TextConfig(Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------
 
 
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
 class ResponseCreateRequest(Struct, kw_only=True):
     """``POST /v1/responses`` body, and the body of a WebSocket ``response.create`` event.
 
@@ -161,6 +164,7 @@ class ResponseCreateRequest(Struct, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     top_logprobs: int | None = None
+    include: list[str] | None = None  # "message.output_text.logprobs": report token logprobs
     text: TextConfig | None = None  # None: plain text
     metadata: dict[str, str] | None = None
     user: str | None = None
@@ -191,6 +195,12 @@ class ResponseCreateRequest(Struct, kw_only=True):
                 if isinstance(item, dict) and "type" not in item and "role" in item:
                     item["type"] = "message"
         return obj
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Token logprobs go into the output text (and its delta events) when ``include``
+        asks for them, or when ``top_logprobs`` is set (a client that sets it wants them)."""
+        return self.top_logprobs is not None or LOGPROBS_INCLUDE in (self.include or [])
 
     @property
     def input_items(self) -> list[InputItem]:
