@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from msgspec import Struct, field
 
+from runtime.protocol.errors import invalid
 from runtime.protocol.extensions import SpeculativeOptions
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -172,11 +173,20 @@ class ResponseCreateRequest(Struct, kw_only=True):
     # tokens until max_output_tokens (benchmarks need fixed output lengths).
     ignore_eos: bool | None = None
     speculative: SpeculativeOptions | None = None  # agentspeed's (runtime.protocol.extensions)
+    # Not served, and refused rather than ignored: either would silently drop context (a
+    # stored conversation, a stored prompt template).
+    conversation: Any = None
+    prompt: Any = None
     # WebSocket mode only.
     generate: bool | None = True  # False: prefill and pin instructions + tools, no output
     stream_id: str | None = None  # the lane; responses on one lane run one at a time, FIFO
 
     def __post_init__(self) -> None:
+        for name, what in (("conversation", "Conversations (use previous_response_id)"),
+                           ("prompt", "Stored prompt templates")):
+            if getattr(self, name) is not None:
+                raise invalid(f"{what} are not supported by this server.", name,
+                              "unsupported_value")
         if self.store is None:
             self.store = True
         if self.generate is None:

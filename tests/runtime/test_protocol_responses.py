@@ -199,6 +199,8 @@ def test_null_flags_take_defaults_and_string_input_is_one_user_message():
     ('{"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}',
      "text.format.schema"),
     ('{"input": "x", "max_output_tokens": 1.5}', "max_output_tokens"),
+    ('{"input": "x", "conversation": "conv_123"}', "conversation"),
+    ('{"input": "x", "prompt": {"id": "pmpt_1"}}', "prompt"),
     ('{"input": "x",', None),
 ])
 def test_malformed_responses_bodies_name_the_parameter(body, param):
