@@ -49,7 +49,7 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     if request.stream:
         return await sse.respond(_stream(state, request, completion_id, choices, events))
     finals: dict[int, Finished] = {}
-    matched = ContentLogprobs()
+    matched = ContentLogprobs(keep_tool_calls=True)
     async with generation_slot(state, "chat", n):
         start = time.monotonic()
         async for index, event in events:
@@ -125,7 +125,7 @@ async def _stream(state, request, completion_id, choices: Choices,
     try:
         for index in range(n):
             yield chunk(index, t.ChoiceDelta(role="assistant", content=""))
-        start, finals, matched = time.monotonic(), {}, ContentLogprobs()
+        start, finals, matched = time.monotonic(), {}, ContentLogprobs(keep_tool_calls=True)
         async for index, event in events:
             taken = matched.on(index, event)
             logprobs = (chat_logprobs(state.tokenizer, taken)
@@ -135,10 +135,11 @@ async def _stream(state, request, completion_id, choices: Choices,
             elif isinstance(event, ToolCallStart):
                 yield chunk(index, t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
                     index=event.index, id=event.call_id, type="function",
-                    function=t.DeltaFunction(name=event.name, arguments=""))]))
+                    function=t.DeltaFunction(name=event.name, arguments=""))]), logprobs=logprobs)
             elif isinstance(event, ToolCallArgsDelta):
                 yield chunk(index, t.ChoiceDelta(tool_calls=[t.DeltaToolCall(
-                    index=event.index, function=t.DeltaFunction(arguments=event.delta))]))
+                    index=event.index, function=t.DeltaFunction(arguments=event.delta))]),
+                            logprobs=logprobs)
             elif isinstance(event, Finished):
                 finals[index] = event
                 state.metrics.observe_finished(event, start, time.monotonic())

@@ -120,7 +120,7 @@ async def _stream(state: ServerState, request: t.CompletionRequest, completion_i
                 yield chunk(index, echo)
         if not any(echoes):
             yield b": started\n\n"  # an SSE comment: the response starts before any token
-        start, finals, matched = time.monotonic(), {}, ContentLogprobs()
+        start, finals, matched = time.monotonic(), {}, ContentLogprobs(keep_tool_calls=True)
         offsets = [len(echo) for echo in echoes]  # where each choice's next token starts
 
         def logprobs_of(index: int, taken) -> t.CompletionLogprobs | None:

@@ -49,37 +49,45 @@ def event_logprobs(logprobs: list[r.Logprob]) -> list[ev.TokenLogprob]:
 
 
 class ContentLogprobs:
-    """Matches token logprobs to the content text their tokens produced, per choice.
+    """Matches streamed token logprobs to the chunk their tokens produced, per choice.
 
-    Fed a choice's generation events in order: a ``LogprobsDelta`` waits for text; a text
-    chunk takes what is waiting (its tokens, and any whose text was held back before it); a
-    tool call's events drop it (markup and arguments are not content, as in OpenAI's
-    ``content`` logprobs). The choice's ``Finished`` takes the rest (the end-of-turn token,
-    which has no text) unless a tool call came after its last text: then the rest is the
-    call's closing markup. (Text after a call takes that markup's logprobs with its own.)
-    ``content[index]`` collects every logprob a choice's text took."""
+    Fed a choice's generation events in order: a ``LogprobsDelta`` waits; a text chunk takes
+    what is waiting (its tokens, and any whose text was held back before it). Tool calls
+    depend on the API. Chat Completions (``keep_tool_calls``) reports every output token, so
+    a call's start and argument chunks take what waits, like text. Responses has logprobs
+    only on output text, so a call's events drop what waits (markup and arguments), and the
+    choice's end drops the rest when a call came after its last text (the call's closing
+    markup). Otherwise the choice's ``Finished`` takes the rest (the end-of-turn token, which
+    has no text). ``content[index]`` collects every logprob a choice's chunks took."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_tool_calls: bool) -> None:
+        self.keep_tool_calls = keep_tool_calls
         self._waiting: dict[int, list[TokenLogprob]] = {}
         self._after_call: set[int] = set()  # choices whose last event was a tool call's
         self.content: dict[int, list[TokenLogprob]] = {}
 
     def on(self, index: int, event: Any) -> list[TokenLogprob] | None:
-        """The logprobs that go with ``event`` when it is a text chunk or the choice's end
-        (``[]`` when none wait); None for every other event."""
+        """The logprobs that go with ``event`` when it makes a chunk (or is the choice's end):
+        ``[]`` when none wait; None for an event that takes none."""
         from runtime.generation import Finished, LogprobsDelta
-        from tools.parsers.base import TextDelta
+        from tools.parsers.base import TextDelta, ToolCallEnd
 
         if isinstance(event, LogprobsDelta):
             self._waiting.setdefault(index, []).extend(event.logprobs)
             return None
         if isinstance(event, TextDelta | Finished):
-            taken = self._waiting.pop(index, [])
-            if isinstance(event, Finished) and index in self._after_call:
-                taken = []
+            drop = isinstance(event, Finished) and index in self._after_call
             self._after_call.discard(index)
-            self.content.setdefault(index, []).extend(taken)
-            return taken
-        self._waiting.pop(index, None)  # a tool call's start, arguments or end
+            return self._take(index, drop)
+        if self.keep_tool_calls:  # a call's start or arguments make a chunk; its end does not
+            return None if isinstance(event, ToolCallEnd) else self._take(index, False)
         self._after_call.add(index)
+        self._take(index, True)
         return None
+
+    def _take(self, index: int, drop: bool) -> list[TokenLogprob]:
+        taken = self._waiting.pop(index, [])
+        if drop:
+            return []
+        self.content.setdefault(index, []).extend(taken)
+        return taken

@@ -32,7 +32,7 @@ class ResponseStream:
         self._text: r.OutputMessage | None = None  # the open message item
         self._text_parts: list[str] = []
         self._text_logprobs: list[r.Logprob] = []
-        self._logprobs = ContentLogprobs()
+        self._logprobs = ContentLogprobs(keep_tool_calls=False)
         self._calls: dict[int, tuple[int, r.FunctionCall]] = {}  # call index -> (output idx, item)
 
     def _ev(self, cls, **fields):

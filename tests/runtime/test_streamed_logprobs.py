@@ -1,8 +1,8 @@
 """Token logprobs streamed with the text they produced, in Chat Completions, Completions and
 Responses (HTTP, SSE): each chunk carries its own tokens' logprobs, and all of them together
 are what the non-streamed answer reports (the same tokens; the values to float noise: the
-second request reuses the first one's cached prompt KV). Tool-call markup is not content: it
-has none."""
+second request reuses the first one's cached prompt KV). Chat reports tool-call tokens too;
+Responses only output text's."""
 
 from __future__ import annotations
 
@@ -36,21 +36,23 @@ def test_chat_chunks_carry_their_tokens_logprobs(client):
     assert chunks_with_logprobs > 1  # streamed along, not all at the end
 
 
-def test_chat_tool_call_tokens_have_no_content_logprobs(client):
-    for stream in (False, True):
-        out = client.chat.completions.create(
-            model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",
-            parallel_tool_calls=False, temperature=0, max_tokens=60, logprobs=True,
-            stream=stream)
-        if not stream:
-            assert out.choices[0].message.tool_calls and out.choices[0].logprobs.content == []
-            continue
-        calls, content = 0, []
-        for chunk in out:
-            choice = chunk.choices[0]
-            calls += bool(choice.delta.tool_calls)
-            content += choice.logprobs.content if choice.logprobs else []
-        assert calls and content == []
+def test_chat_tool_call_chunks_carry_their_tokens_logprobs(client):
+    """Chat reports every output token (markup included, as without streaming): the call's
+    chunks carry theirs, and together they are the non-streamed answer's."""
+    body = dict(model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",
+                parallel_tool_calls=False, temperature=0, max_tokens=60, logprobs=True)
+    whole = client.chat.completions.create(**body)
+    assert whole.choices[0].message.tool_calls
+    expected = [lp.token for lp in whole.choices[0].logprobs.content]
+    assert len(expected) == whole.usage.completion_tokens
+    streamed, call_chunks_with_logprobs = [], 0
+    for chunk in client.chat.completions.create(stream=True, **body):
+        choice = chunk.choices[0]
+        content = choice.logprobs.content if choice.logprobs else []
+        call_chunks_with_logprobs += bool(choice.delta.tool_calls and content)
+        streamed += [lp.token for lp in content]
+    assert streamed == expected and "".join(expected).startswith("<tool_call>")
+    assert call_chunks_with_logprobs > 1
 
 
 def test_completion_chunks_continue_offsets_and_match_the_whole(client):
