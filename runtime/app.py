@@ -22,15 +22,9 @@ from engine.default_model import eos_token_ids
 from engine.loader import load_config
 from engine.tokenizer import load_tokenizer
 from runtime.engine_client import EngineClient
-from runtime.guard import api_error_of
+from runtime.guard import api_error_of, check_model
 from runtime.protocol.codec import encode_json
-from runtime.protocol.errors import (
-    APIError,
-    authentication,
-    error_body,
-    not_found,
-    server_error,
-)
+from runtime.protocol.errors import APIError, authentication, error_body, server_error
 from runtime.protocol.server import Health, Model, ModelList
 from runtime.state import ServerConfig, ServerState
 from sessions.manager import SessionManager, owner_of
@@ -143,9 +137,7 @@ def create_app(config: ServerConfig, engine_config: EngineConfig) -> FastAPI:
     @app.get("/v1/models/{model_id}")
     async def model(request: Request, model_id: str):
         state: ServerState = request.app.state.server
-        if not state.accepts_model(model_id):
-            raise not_found(f"The model '{model_id}' does not exist.", "model",
-                            "model_not_found")
+        check_model(state, model_id)
         return _json(_model(state))
 
     @app.post("/tokenize")

@@ -13,22 +13,20 @@ from runtime.choices import Choices
 from runtime.generation import Finished
 from runtime.guard import (
     check_generation_count,
+    check_model,
     generation_slot,
     sampling_for_tools,
 )
 from runtime.logprobs import ContentLogprobs, chat_logprobs
 from runtime.protocol import chat as t
 from runtime.protocol.codec import decode_request, encode_json
-from runtime.protocol.errors import not_found
 from runtime.state import ServerState
 from tools.parsers.base import TextDelta, ToolCallArgsDelta, ToolCallStart
 
 
 async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     request = decode_request(body, t.ChatCompletionRequest)
-    if not state.accepts_model(request.model):
-        raise not_found(f"The model '{request.model}' does not exist.", "model",
-                        "model_not_found")
+    check_model(state, request.model)
     n = request.n or 1
     check_generation_count(state, n, "n")
     messages = convert.chat_messages(request)
@@ -45,21 +43,13 @@ async def handle(state: ServerState, body: bytes, owner: str = "") -> Response:
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     choices = Choices(state, completion_id, [prompt_ids], params, n, parser,
                       state.cache_salt(owner))
-    events = choices.events()
     if request.stream:
-        return await sse.respond(_stream(state, request, completion_id, choices, events))
-    finals: dict[int, Finished] = {}
-    matched = ContentLogprobs(keep_tool_calls=True)
+        return await sse.respond(_stream(state, request, completion_id, choices))
     async with generation_slot(state, "chat", n):
-        start = time.monotonic()
-        async for index, event in events:
-            matched.on(index, event)
-            if isinstance(event, Finished):
-                finals[index] = event
-                state.metrics.observe_finished(event, start, time.monotonic())
+        async for _ in choices.events():
+            pass
     state.metrics.requests.labels("chat", "ok").inc()
-    return Response(encode_json(_completion(state, request, completion_id, choices,
-                                            [finals[i] for i in range(n)], matched.content)),
+    return Response(encode_json(_completion(state, request, completion_id, choices)),
                     media_type="application/json")
 
 
@@ -84,10 +74,10 @@ def _finish_reason(final: Finished) -> str:
     return "length" if final.finish_reason == "length" else "stop"
 
 
-def _completion(state: ServerState, request, completion_id: str, choices: Choices,
-                finals: list[Finished], content_logprobs: dict[int, list]):
+def _completion(state: ServerState, request, completion_id: str, choices: Choices):
     out = []
-    for index, final in enumerate(finals):
+    for index in range(len(choices)):
+        final = choices.finals[index]
         calls = [t.ToolCall(id=c.call_id,
                             function=t.FunctionCall(name=c.name, arguments=c.arguments))
                  for c in final.tool_calls]
@@ -95,16 +85,14 @@ def _completion(state: ServerState, request, completion_id: str, choices: Choice
                                           else None)
         if calls:
             message.tool_calls = calls
-        logprobs = (chat_logprobs(state.tokenizer, content_logprobs.get(index, []))
-                    if request.logprobs else None)
+        logprobs = chat_logprobs(state.tokenizer, final.logprobs) if request.logprobs else None
         out.append(t.Choice(index=index, message=message, finish_reason=_finish_reason(final),
                             logprobs=logprobs))
     return t.ChatCompletion(id=completion_id, created=int(time.time()), model=state.model_name,
-                            choices=out, usage=choices.usage(finals))
+                            choices=out, usage=choices.usage())
 
 
-async def _stream(state, request, completion_id, choices: Choices,
-                  events) -> AsyncIterator[bytes]:
+async def _stream(state, request, completion_id, choices: Choices) -> AsyncIterator[bytes]:
     """SSE chunks of one completion's ``n`` choices, interleaved as their tokens come; holds
     the request's generation slots from its first chunk to its end."""
     n = len(choices)
@@ -122,10 +110,10 @@ async def _stream(state, request, completion_id, choices: Choices,
             c.usage = None
         return sse.data(c)
 
+    events, matched = choices.events(), ContentLogprobs(keep_tool_calls=True)
     try:
         for index in range(n):
             yield chunk(index, t.ChoiceDelta(role="assistant", content=""))
-        start, finals, matched = time.monotonic(), {}, ContentLogprobs(keep_tool_calls=True)
         async for index, event in events:
             taken = matched.on(index, event)
             logprobs = (chat_logprobs(state.tokenizer, taken)
@@ -141,17 +129,14 @@ async def _stream(state, request, completion_id, choices: Choices,
                     index=event.index, function=t.DeltaFunction(arguments=event.delta))]),
                             logprobs=logprobs)
             elif isinstance(event, Finished):
-                finals[index] = event
-                state.metrics.observe_finished(event, start, time.monotonic())
-                if len(finals) == n:
+                if choices.done:
                     # Counted before the last chunks leave: a client that saw them finds it
                     # in /metrics.
                     state.metrics.requests.labels("chat", "ok").inc()
                 yield chunk(index, t.ChoiceDelta(), _finish_reason(event), logprobs)
         if include_usage:
-            usage = choices.usage([finals[i] for i in range(n)])
             last = t.ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                         choices=[], usage=usage)
+                                         choices=[], usage=choices.usage())
             yield sse.data(last)
     except Exception as exc:  # mid-stream: the status is sent already, so an error chunk
         state.metrics.requests.labels("chat", "error").inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 
 from engine.sampling_params import SamplingParams
@@ -34,13 +35,20 @@ class Choices:
         self.params, self.n, self.parser, self.cache_salt = params, n, parser, cache_salt
         # Per prompt: its cached tokens when it was prefilled once (None: each choice's own).
         self.prefilled: list[int | None] = [None] * len(prompts)
+        self.finals: dict[int, Finished] = {}  # by choice index, as each choice ends
 
     def __len__(self) -> int:
         return len(self.prompts) * self.n
 
+    @property
+    def done(self) -> bool:
+        return len(self.finals) == len(self)
+
     async def events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
         """``(choice index, event)`` as the choices' tokens come; each choice ends with its
-        ``Finished``. Closing it early aborts every choice still running."""
+        ``Finished``, kept in ``finals`` (and observed in the metrics) before it is yielded.
+        Closing it early aborts every choice still running."""
+        start = time.monotonic()
         warm = [p for p, ids in enumerate(self.prompts) if self._prefill_once(ids)]
         for p, cached in zip(warm, await asyncio.gather(*(self._prefill(p) for p in warm))):
             self.prefilled[p] = cached
@@ -49,12 +57,17 @@ class Choices:
                      ids, convert.choice_params(self.params, j), copy.deepcopy(self.parser),
                      None, self.cache_salt)
             for p, ids in enumerate(self.prompts) for j in range(self.n)]
-        async for item in merge(streams):
-            yield item
+        async for index, event in merge(streams):
+            if isinstance(event, Finished):
+                self.finals[index] = event
+                self.state.metrics.observe_finished(event, start, time.monotonic())
+            yield index, event
 
-    def usage(self, finals: list[Finished]) -> Usage:
-        """Each prompt counts once. Its cached part is what its prefill found in the cache: the
-        one-off prefill's, or the least any of its choices found."""
+    def usage(self) -> Usage:
+        """Once every choice ended: each prompt counts once. Its cached part is what its
+        prefill found in the cache: the one-off prefill's, or the least any of its choices
+        found."""
+        finals = [self.finals[i] for i in range(len(self))]
         n, prompt, cached = self.n, 0, 0
         for p in range(len(self.prompts)):
             group = finals[p * n:(p + 1) * n]

@@ -9,7 +9,7 @@ import msgspec
 from engine.errors import InvalidRequestError
 from engine.sampling_params import SamplingParams
 from runtime.engine_client import EngineError
-from runtime.protocol.errors import APIError, invalid, rate_limited, server_error
+from runtime.protocol.errors import APIError, invalid, not_found, rate_limited, server_error
 from runtime.state import ServerState
 from sessions.manager import ResponseNotFoundError
 from sessions.stores.base import StoreUnavailableError
@@ -68,6 +68,12 @@ class generation_slot:  # noqa: N801 - used like a function: `async with generat
             self.state.metrics.requests.labels(self.endpoint, "error").inc()
             raise api_error_of(exc) from exc
         return False
+
+
+def check_model(state: ServerState, model: str | None) -> None:
+    """404 for a ``model`` this server does not serve (None and the aliases are served)."""
+    if not state.accepts_model(model):
+        raise not_found(f"The model '{model}' does not exist.", "model", "model_not_found")
 
 
 def check_generation_count(state: ServerState, count: int, param: str) -> None:

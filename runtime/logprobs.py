@@ -1,5 +1,5 @@
-"""Token log-probabilities in the wire shapes of Chat Completions and Responses, and the
-queue that matches streamed logprobs to the text chunks their tokens produced."""
+"""Token log-probabilities in the wire shapes of Chat Completions, Completions and Responses,
+and the matcher that gives streamed logprobs to the chunks their tokens produced."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.outputs import TokenLogprob
 from runtime.protocol import chat as t
+from runtime.protocol import completions as c
 from runtime.protocol import response_events as ev
 from runtime.protocol import responses as r
 
@@ -16,16 +17,20 @@ def token_text(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
     return text, list(text.encode("utf-8"))
 
 
+def _decoded(tokenizer: Any, lp: TokenLogprob
+             ) -> tuple[str, list[int], list[tuple[str, list[int], float]]]:
+    """A token's text and UTF-8 bytes, and its alternatives' (text, bytes, logprob)."""
+    text, raw = token_text(tokenizer, lp.token_id)
+    return text, raw, [(*token_text(tokenizer, token_id), value) for token_id, value in lp.top]
+
+
 def chat_logprobs(tokenizer: Any, logprobs: list[TokenLogprob] | None) -> t.ChoiceLogprobs:
     content = []
     for lp in logprobs or []:
-        text, raw = token_text(tokenizer, lp.token_id)
-        top = []
-        for token_id, value in lp.top:
-            alt, alt_raw = token_text(tokenizer, token_id)
-            top.append(t.TopLogprob(token=alt, logprob=value, bytes=alt_raw))
-        content.append(t.TokenLogprob(token=text, logprob=lp.logprob, bytes=raw,
-                                      top_logprobs=top))
+        text, raw, top = _decoded(tokenizer, lp)
+        content.append(t.TokenLogprob(
+            token=text, logprob=lp.logprob, bytes=raw,
+            top_logprobs=[t.TopLogprob(token=a, logprob=v, bytes=b) for a, b, v in top]))
     return t.ChoiceLogprobs(content=content)
 
 
@@ -33,10 +38,28 @@ def response_logprobs(tokenizer: Any, logprobs: list[TokenLogprob]) -> list[r.Lo
     """The ``logprobs`` of a Responses ``output_text`` part."""
     out = []
     for lp in logprobs:
-        text, raw = token_text(tokenizer, lp.token_id)
-        top = [r.LogprobAlternative(token=alt, bytes=alt_raw, logprob=value)
-               for alt, alt_raw, value in ((*token_text(tokenizer, i), v) for i, v in lp.top)]
-        out.append(r.Logprob(token=text, bytes=raw, logprob=lp.logprob, top_logprobs=top))
+        text, raw, top = _decoded(tokenizer, lp)
+        out.append(r.Logprob(
+            token=text, bytes=raw, logprob=lp.logprob,
+            top_logprobs=[r.LogprobAlternative(token=a, bytes=b, logprob=v) for a, b, v in top]))
+    return out
+
+
+def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob],
+                        offset: int) -> c.CompletionLogprobs:
+    """The legacy Completions shape: parallel lists, alternatives as {token text: logprob}
+    (the sampled token always among them), offsets counted in characters from ``offset`` (a
+    streamed chunk's continue where the choice's previous chunk's ended)."""
+    out = c.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for lp in logprobs:
+        text, _, top = _decoded(tokenizer, lp)
+        alternatives = {alt: value for alt, _, value in top}
+        alternatives.setdefault(text, lp.logprob)
+        out.tokens.append(text)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append(alternatives)
+        out.text_offset.append(offset)
+        offset += len(text)
     return out
 
 

@@ -18,7 +18,7 @@ from engine.sampling_params import SamplingParams
 from engine.session_pins import RETENTION_NORMAL, RETENTION_TOOL_WAIT, SessionHint
 from runtime import convert
 from runtime.generation import Finished, generate
-from runtime.guard import api_error_of, generation_slot, sampling_for_tools
+from runtime.guard import api_error_of, check_model, generation_slot, sampling_for_tools
 from runtime.protocol import responses as r
 from runtime.protocol.codec import decode_request, encode_json
 from runtime.protocol.errors import APIError, invalid, not_found
@@ -48,9 +48,7 @@ class Turn:
 async def prepare(state: ServerState, request: r.ResponseCreateRequest, owner: str,
                   local: MemoryStore | None = None) -> Turn:
     """Validate and render one turn; raises ``APIError`` before anything runs."""
-    if not state.accepts_model(request.model):
-        raise not_found(f"The model '{request.model}' does not exist.", "model",
-                        "model_not_found")
+    check_model(state, request.model)
     tools = convert.response_tools(request)
     generate_now = bool(request.generate)
     response_id = new_response_id()

@@ -10,20 +10,16 @@ from __future__ import annotations
 from fastapi.responses import Response
 
 from runtime import convert
+from runtime.guard import check_model
 from runtime.protocol import server as t
 from runtime.protocol.codec import decode_request, encode_json
-from runtime.protocol.errors import invalid, not_found
+from runtime.protocol.errors import invalid
 from runtime.state import ServerState
-
-
-def _check_model(state: ServerState, model: str | None) -> None:
-    if not state.accepts_model(model):
-        raise not_found(f"The model '{model}' does not exist.", "model", "model_not_found")
 
 
 def tokenize(state: ServerState, body: bytes) -> Response:
     request = decode_request(body, t.TokenizeRequest)
-    _check_model(state, request.model)
+    check_model(state, request.model)
     if request.prompt is not None:
         tokens = list(state.tokenizer.encode(request.prompt,
                                              add_special_tokens=request.add_special_tokens))
@@ -38,7 +34,7 @@ def tokenize(state: ServerState, body: bytes) -> Response:
 
 def detokenize(state: ServerState, body: bytes) -> Response:
     request = decode_request(body, t.DetokenizeRequest)
-    _check_model(state, request.model)
+    check_model(state, request.model)
     vocab = state.ready.vocab_size
     for i, token in enumerate(request.tokens):
         if not 0 <= token < vocab:
